@@ -1,0 +1,85 @@
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+from fashionchameleon.trainer import TrainConfig, Trainer, dataclass_from_dict, latest_checkpoint, load_yaml_config
+from fashionchameleon.vae import FastVAE, load_vae
+
+
+def _data(n=24):
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 3, 5, 16, 16, generator=g).tanh())
+
+
+def _step(ctx, batch):
+    (x,) = batch
+    x = x + 0.05 * torch.randn_like(x)  # exercises the per-step RNG
+    recon, _ = ctx.models["vae"](x)
+    return {"loss": (recon - x).abs().mean(), "mse": (recon - x).pow(2).mean().detach()}
+
+
+def _trainer(out, max_steps):
+    torch.manual_seed(0)
+    vae = FastVAE(z_dim=4, spatial_factor=8, temporal_factor=4, base_channels=4)
+    cfg = TrainConfig(output_dir=str(out), max_steps=max_steps, batch_size=4, lr=3e-3, warmup_steps=2,
+                      lr_schedule="cosine", grad_clip=0.5, ema_models=["vae"], ema_decay=0.9, ema_start_step=2,
+                      save_every=3, log_every=1, keep_checkpoints=10)
+    return Trainer(cfg, {"vae": vae}, _step, _data())
+
+
+def _weights(tr):
+    m = tr.accelerator.unwrap_model(tr.models["vae"])
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_resume_is_exact(tmp_path):
+    # 24 samples / batch 4 = 6 batches per epoch: 9 steps cross an epoch boundary after resuming mid-epoch
+    a = _trainer(tmp_path / "a", 9)
+    a.train()
+    b = _trainer(tmp_path / "b", 9)
+    b.train(until=3)
+    b2 = _trainer(tmp_path / "b", 9)
+    res = b2.train(resume=True)
+    assert res["step"] == 9 and b2.samples_seen == a.samples_seen == 36
+    wa, wb = _weights(a), _weights(b2)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(x, y) for x, y in zip(a.ema["vae"].shadow, b2.ema["vae"].shadow))
+    sa = a.optimizers["vae"].state_dict()["state"]
+    sb = b2.optimizers["vae"].state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+    ck = latest_checkpoint(tmp_path / "b")
+    assert ck.name == "step_000009"
+    assert (ck / "model.safetensors").is_file()  # accelerate state writes safetensors weights
+    assert not list(ck.glob("*.bin")) or all("model" not in f.name for f in ck.glob("*.bin"))
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] == 9
+    ema = load_vae(ck / "vae_ema")
+    assert isinstance(ema, FastVAE)
+    assert all(torch.equal(p, s) for p, s in zip(ema.parameters(), a.ema["vae"].shadow))
+    plain = load_vae(ck / "vae")
+    assert all(torch.equal(plain.state_dict()[k], wa[k]) for k in wa)
+
+    rows = list(csv.DictReader((tmp_path / "b" / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 10))
+    assert {"loss", "lr", "grad_norm", "samples_seen", "elapsed_s", "mse"} <= set(rows[0])
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="unknown key"):
+        dataclass_from_dict(TrainConfig, {"lr": 1e-3, "lrr": 2})
+    with pytest.raises(TypeError, match="max_steps"):
+        dataclass_from_dict(TrainConfig, {"max_steps": "ten"})
+    with pytest.raises(ValueError, match="lr_schedule"):
+        dataclass_from_dict(TrainConfig, {"lr_schedule": "linear"})
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  max_steps: 5\n  lr: 1\nmodel: {}\n")
+    cfg = load_yaml_config(p, {"train": TrainConfig, "model": dict})
+    assert cfg["train"].max_steps == 5 and cfg["train"].lr == 1.0
+    with pytest.raises(ValueError, match="unknown section"):
+        load_yaml_config(p, {"train": TrainConfig})
+    with pytest.raises(FileNotFoundError):
+        load_yaml_config(tmp_path / "nope.yaml", {"train": TrainConfig})
