@@ -1,0 +1,224 @@
+"""Train the demo `FastVAE` on mannequin-world clips and report held-out PSNR.
+
+    python -m teacher.train_vae --config teacher/configs/vae_tiny.yaml [--smoke] [--resume] [--out DIR] [--max-steps N]
+
+Outputs (under `train.output_dir` or --out): trainer checkpoints `step_XXXXXX/`, `log.csv`, `eval.jsonl`,
+`best/` (EMA weights with the best val PSNR so far), `final/` (EMA weights at the end) and `eval.json`.
+Exported folders carry per-channel latent mean/std measured on training clips, so `load_vae(dir).encode_video`
+gives roughly unit-scale latents for the diffusion model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
+from fashionchameleon.vae import FastVAE, latent_frames, load_vae
+
+
+@dataclass
+class DataConfig:
+    height: int = 160
+    width: int = 128
+    frames: int = 9  # 1 + temporal_factor * k
+    train_length: int = 4096  # clips per epoch (rendered on the fly)
+    val_length: int = 16
+    seed: int = 0
+    val_seed: int = 12345
+
+
+@dataclass
+class LossConfig:
+    l1: float = 1.0
+    mse: float = 1.0
+    edge: float = 0.5  # L1 on spatial finite differences: keeps edges sharp
+    latent_l2: float = 1e-4  # keeps raw latents bounded so normalisation is well conditioned
+
+
+@dataclass
+class EvalConfig:
+    stats_clips: int = 32  # training clips used to measure latent mean/std
+    batch_size: int = 4
+
+
+@dataclass
+class SmokeConfig:
+    """Overrides applied by --smoke."""
+
+    max_steps: int = 20
+    train_length: int = 16
+    val_length: int = 2
+    stats_clips: int = 4
+    batch_size: int = 2
+
+
+SECTIONS = {"train": TrainConfig, "model": dict, "data": DataConfig, "loss": LossConfig, "eval": EvalConfig,
+            "smoke": SmokeConfig}
+
+
+def world_dataset(split: str, data: DataConfig, length: int, seed: int):
+    from fashionchameleon.data.world import WorldDataset
+
+    return WorldDataset(split=split, size=(data.height, data.width), frames=data.frames, length=length, seed=seed)
+
+
+class VideoOnly(torch.utils.data.Dataset):
+    """Keep only the `video` entry (the trainer batches tensors)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.ds[i]["video"]
+
+
+def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+
+
+def make_step_fn(loss_cfg: LossConfig):
+    def step_fn(ctx: StepContext, video: torch.Tensor) -> dict[str, Any]:
+        recon, z = ctx.models["vae"](video)
+        l1 = (recon - video).abs().mean()
+        mse = (recon - video).pow(2).mean()
+        loss = loss_cfg.l1 * l1 + loss_cfg.mse * mse + loss_cfg.latent_l2 * z.pow(2).mean()
+        if loss_cfg.edge:
+            loss = loss + loss_cfg.edge * edge_l1(recon, video)
+        return {"loss": loss, "l1": l1.detach(), "psnr_train": psnr(mse.detach())}
+
+    return step_fn
+
+
+def psnr(mse: torch.Tensor | float) -> float:
+    # pixels in [-1, 1]: peak-to-peak 2
+    mse = float(mse)
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> float:
+    vae.eval()
+    scores = []
+    for i in range(0, len(clips), batch_size):
+        x = torch.stack(clips[i : i + batch_size]).to(vae.device)
+        y = vae.decode(vae.encode_video(x))
+        scores += [psnr((y[j] - x[j]).pow(2).mean()) for j in range(x.shape[0])]
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def latent_stats(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> tuple[list[float], list[float]]:
+    zs = [vae.encode_raw(torch.stack(clips[i : i + batch_size]).to(vae.device))
+          for i in range(0, len(clips), batch_size)]
+    z = torch.cat([t.transpose(0, 1).flatten(1) for t in zs], dim=1)  # [C, N]
+    return z.mean(1).tolist(), z.std(1).clamp_min(1e-6).tolist()
+
+
+def export(vae: FastVAE, dest: Path, stats: tuple[list[float], list[float]], fp16: bool = False) -> None:
+    m = copy.deepcopy(vae).cpu().float()
+    m.register_to_config(latents_mean=stats[0], latents_std=stats[1])
+    if fp16:
+        m = m.half()
+    m.save_pretrained(str(dest), safe_serialization=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--smoke", action="store_true", help="tiny run (< 1 min on CPU) using the config's smoke section")
+    ap.add_argument("--resume", action="store_true", help="continue from the latest step_* checkpoint")
+    ap.add_argument("--out", help="output directory (overrides train.output_dir)")
+    ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
+    args = ap.parse_args(argv)
+
+    cfg = load_yaml_config(args.config, SECTIONS)
+    train_cfg: TrainConfig = cfg["train"]
+    data: DataConfig = cfg["data"]
+    ev: EvalConfig = cfg["eval"]
+    over: dict[str, Any] = {}
+    if args.smoke:
+        s: SmokeConfig = cfg["smoke"]
+        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0,
+                    warmup_steps=min(train_cfg.warmup_steps, s.max_steps // 2), log_every=1)
+        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length,
+                                                "val_length": s.val_length})
+        ev = dataclass_from_dict(EvalConfig, {**vars(ev), "stats_clips": s.stats_clips})
+    if args.max_steps is not None:
+        over["max_steps"] = args.max_steps
+    if args.out:
+        over["output_dir"] = args.out
+    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+
+    vae = FastVAE(**cfg["model"])
+    latent_frames(data.frames, vae.temporal_factor)  # fail early on a bad clip length
+    train_ds = VideoOnly(world_dataset("train", data, data.train_length, data.seed))
+    val_ds = world_dataset("val", data, data.val_length, data.val_seed)
+    val_clips = [val_ds[i]["video"] for i in range(len(val_ds))]
+    stats_clips = [train_ds[i] for i in range(min(ev.stats_clips, len(train_ds)))]
+    out = Path(train_cfg.output_dir)
+    best_file = out / "best" / "best.json"
+
+    def current_model(trainer: Trainer) -> FastVAE:
+        m = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.models["vae"]))
+        if "vae" in trainer.ema:
+            params = dict(m.named_parameters())
+            for name, shadow in trainer.ema["vae"].state_dict().items():
+                params[name].data.copy_(shadow)
+        return m
+
+    def eval_fn(trainer: Trainer) -> dict[str, Any]:
+        m = current_model(trainer)
+        score = evaluate_psnr(m, val_clips, ev.batch_size)
+        best = json.loads(best_file.read_text())["psnr"] if best_file.is_file() else -math.inf
+        if trainer.accelerator.is_main_process and score > best:
+            export(m, out / "best", latent_stats(m, stats_clips, ev.batch_size))
+            best_file.write_text(json.dumps({"psnr": score, "step": trainer.step,
+                                             "samples_seen": trainer.samples_seen}))
+        trainer.models["vae"].train()
+        return {"val_psnr": score}
+
+    trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"]), train_ds, eval_fn=eval_fn)
+    t0 = time.perf_counter()
+    res = trainer.train(resume=args.resume)
+    if not trainer.accelerator.is_main_process:
+        return res
+    final = current_model(trainer)
+    export(final, out / "final", latent_stats(final, stats_clips, ev.batch_size))
+    reloaded = load_vae(out / "final")
+    report = {
+        "val_psnr": evaluate_psnr(reloaded, val_clips, ev.batch_size),
+        "best": json.loads(best_file.read_text()) if best_file.is_file() else None,
+        "step": trainer.step,
+        "samples_seen": trainer.samples_seen,
+        "train_elapsed_s": round(trainer.elapsed_s, 1),
+        "wall_s_this_run": round(time.perf_counter() - t0, 1),
+        "val_clips": len(val_clips),
+        "clip": [3, data.frames, data.height, data.width],
+        "model": dict(final.config),
+        "params": sum(p.numel() for p in final.parameters()),
+    }
+    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: report[k] for k in ("val_psnr", "step", "samples_seen", "train_elapsed_s")}))
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
