@@ -158,6 +158,11 @@ class KVCache:
         if frames > self.layout.chunk_frames:
             raise ValueError(f"chunk of {frames} frames exceeds chunk_frames={self.layout.chunk_frames}")
         start = self.stored_frames * t
+        if op == "read" and k_new.requires_grad:
+            # training rollouts: keep the graph off the shared buffers (later in-place writes would break
+            # backward); the cached prefix was produced without gradients, as in Self-Forcing
+            return (torch.cat([kb[:, :, :start], k_new.to(kb.dtype)], dim=2),
+                    torch.cat([vb[:, :, :start], v_new.to(vb.dtype)], dim=2))
         kb[:, :, start:start + n] = k_new
         vb[:, :, start:start + n] = v_new
         k_all, v_all = kb[:, :, :start + n], vb[:, :, :start + n]
