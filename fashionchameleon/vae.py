@@ -230,9 +230,10 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
     """Small 2D conv autoencoder that moves time into channels.
 
     Encoder: the `temporal_factor` frames of a group are stacked on channels (group 0 = frame 0 repeated) and
-    downsampled by pixel-unshuffle stages. Decoder: each latent frame is decoded alone by a 2D pixel-shuffle
-    decoder whose last layer emits `temporal_factor` frames; latent 0 keeps only its last frame. No state crosses
-    latent frames, so chunked (streaming) decode equals one-shot decode exactly.
+    downsampled by pixel-unshuffle stages. Decoder: a 2D pixel-shuffle decoder maps latent i together with the
+    `context_latents` previous latents (causal; the stream start repeats latent 0) to `temporal_factor` frames;
+    latent 0 keeps only its last frame. The stream decoder carries those previous latents, so chunked decode
+    equals one-shot decode exactly.
     Level channels run from the latent resolution upwards: `base_channels * channel_mult[i]`.
     """
 
@@ -248,6 +249,7 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         base_channels: int = 32,
         channel_mult: list[int] | None = None,
         num_res_blocks: int = 1,
+        context_latents: int = 1,
         latents_mean: float | list[float] = 0.0,
         latents_std: float | list[float] = 1.0,
     ):
@@ -255,6 +257,8 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         levels = int(round(math.log2(spatial_factor)))
         if spatial_factor < 2 or 2**levels != spatial_factor:
             raise ValueError(f"spatial_factor must be a power of two >= 2, got {spatial_factor}")
+        if context_latents < 0:
+            raise ValueError(f"context_latents must be >= 0, got {context_latents}")
         if temporal_factor < 1:
             raise ValueError(f"temporal_factor must be >= 1, got {temporal_factor}")
         mult = list(channel_mult) if channel_mult is not None else [2] * (levels - 1) + [1]
@@ -274,7 +278,7 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         self.encoder = nn.Sequential(*enc)
 
         # decoder: latent res -> full res
-        dec: list[nn.Module] = [nn.Conv2d(z_dim, chs[0], 3, padding=1)]
+        dec: list[nn.Module] = [nn.Conv2d(z_dim * (1 + context_latents), chs[0], 3, padding=1)]
         for i, ch in enumerate(chs):
             dec += [_ResBlock(ch) for _ in range(num_res_blocks)]
             nxt = chs[i + 1] if i + 1 < len(chs) else group_ch
@@ -325,15 +329,29 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         z = self.encoder(self._groups(x))
         return z.reshape(b, f, *z.shape[1:]).transpose(1, 2)
 
-    def decode_raw(self, z: torch.Tensor, first_is_start: bool = True) -> torch.Tensor:
-        """Unclamped decode of raw latents. `first_is_start`: latent 0 is the stream start (1 frame, else tf)."""
+    def _with_context(self, z: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """[B,z,f,h,w] -> [B*f, z*(1+k), h, w]: each latent stacked with its k predecessors (newest first)."""
+        k = self.config.context_latents
+        b, c, f, h, w = z.shape
+        if prev is None:  # stream start: pad by repeating latent 0
+            prev = z[:, :, :1].expand(b, c, k, h, w)
+        full = torch.cat([prev[:, :, prev.shape[2] - k :], z], dim=2) if k else z
+        parts = [full[:, :, k - j : k - j + f] for j in range(k + 1)]
+        x = torch.cat(parts, dim=1)  # [B, z*(1+k), f, h, w]
+        return x.transpose(1, 2).reshape(b * f, c * (k + 1), h, w)
+
+    def decode_raw(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Unclamped decode of raw latents. `prev`: raw latents before this chunk (None: z starts the stream, so
+        latent 0 yields 1 frame; otherwise every latent yields temporal_factor frames)."""
         self._check_latent(z)
         b, _, f, h, w = z.shape
         tf, c = self.temporal_factor, self.config.in_channels
-        y = self.decoder(z.transpose(1, 2).reshape(b * f, self.z_dim, h, w))
+        if f == 0:
+            return z.new_zeros(b, c, 0, h * self.spatial_factor, w * self.spatial_factor)
+        y = self.decoder(self._with_context(z, prev))
         y = y.reshape(b, f, tf, c, *y.shape[-2:]).permute(0, 3, 1, 2, 4, 5)  # [B,C,f,tf,H,W]
         y = y.reshape(b, c, f * tf, *y.shape[-2:])
-        return y[:, :, tf - 1 :] if first_is_start else y
+        return y[:, :, tf - 1 :] if prev is None else y
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training path: returns (reconstruction (unclamped), raw latent)."""
@@ -355,22 +373,27 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
 
 
 class FastStreamDecoder:
-    """Chunked FastVAE decode; the only state is whether the stream's first latent has been seen."""
+    """Chunked FastVAE decode; the state is the last `context_latents` latents (None before the stream starts)."""
 
     def __init__(self, vae: FastVAE):
         self.vae = vae
         self.reset()
 
     def reset(self) -> None:
-        self._started = False
+        self._prev: torch.Tensor | None = None  # last `context_latents` raw latents (None before the first)
 
     @torch.no_grad()
     def decode(self, latent_chunk: torch.Tensor) -> torch.Tensor:
         vae = self.vae
         z = vae.denormalize(latent_chunk.to(device=vae.device, dtype=vae.dtype))
-        out = vae.decode_raw(z, first_is_start=not self._started).clamp(-1.0, 1.0)
-        if latent_chunk.shape[2] > 0:
-            self._started = True
+        out = vae.decode_raw(z, prev=self._prev).clamp(-1.0, 1.0)
+        if z.shape[2]:
+            k = vae.config.context_latents
+            hist = z if self._prev is None else torch.cat([self._prev, z], dim=2)
+            # before k latents exist, keep the stream-start padding (latent 0 repeated)
+            pad = max(0, k - hist.shape[2])
+            hist = torch.cat([hist[:, :, :1].expand(-1, -1, pad, -1, -1), hist], dim=2) if pad else hist
+            self._prev = hist[:, :, hist.shape[2] - k :] if k else hist[:, :, :0]
         return out
 
 

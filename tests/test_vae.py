@@ -110,10 +110,11 @@ def test_fast_shapes_and_frame_rule():
     torch.testing.assert_close((raw - 0.5) / 2.0, z)
 
 
+@pytest.mark.parametrize("context", [0, 1, 2])
 @pytest.mark.parametrize("chunks", [[1, 2, 3], [3, 3], [2, 1, 1, 2]])
-def test_fast_stream_decode_matches_one_shot(chunks):
+def test_fast_stream_decode_matches_one_shot(chunks, context):
     torch.manual_seed(0)
-    v = FastVAE(**FAST).eval()
+    v = FastVAE(**FAST, context_latents=context).eval()
     for m in v.modules():  # re-init the zero-initialised residual convs so every block does something
         if isinstance(m, torch.nn.Conv2d):
             m.reset_parameters()
@@ -127,6 +128,10 @@ def test_fast_stream_decode_matches_one_shot(chunks):
     got = torch.cat(outs, dim=2)
     assert got.shape == ref.shape
     assert (got - ref).abs().max().item() <= 1e-5
+    if context:  # the decoder really uses the previous latent
+        z2 = z.clone()
+        z2[:, :, 1] += 1.0
+        assert not torch.allclose(v.decode(z2)[:, :, 5:9], ref[:, :, 5:9])
 
 
 def test_fast_save_load_and_factories(tmp_path):
