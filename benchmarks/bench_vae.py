@@ -43,14 +43,14 @@ def bench(name: str, vae, height: int, width: int, chunk_latents: int, repeats: 
     z = torch.randn(1, vae.z_dim, 1 + chunk_latents, height // s, width // s)
     dec = vae.stream_decoder()
 
-    def decode_chunk():
+    times = []
+    for i in range(repeats + 1):  # the first round is warm-up
         dec.reset()
-        dec.decode(z[:, :, :1])
-        return dec.decode(z[:, :, 1:])
-
-    first = _median_s(lambda: (dec.reset(), dec.decode(z[:, :, :1])), repeats)
-    both = _median_s(decode_chunk, repeats)
-    dec_s = max(both - first, 1e-9)  # time of the steady-state chunk alone
+        dec.decode(z[:, :, :1])  # stream start (not timed)
+        t = time.perf_counter()
+        dec.decode(z[:, :, 1:])
+        times.append(time.perf_counter() - t)
+    dec_s = statistics.median(times[1:])
     enc_s = _median_s(lambda: vae.encode_video(clip), repeats)
     n_dec, n_enc = chunk_latents * tf, clip.shape[2]
     res = {"model": name, "params": sum(p.numel() for p in vae.parameters()), "resolution": [height, width],
