@@ -1,0 +1,362 @@
+"""Pieces shared by the teacher, teacher-forcing and DMD stages.
+
+* config sections `model` / `data` (YAML -> dataclasses through the shared trainer's loader);
+* building the networks: a preset (fresh), a local diffusers Wan2.2 directory, or a *stage folder*;
+* stage folders: the `StreamingEngine.save` layout (`preset.json`, `transformer/`, `vae/`, `text_encoder/`), so the
+  teacher, the students and the shipped demo checkpoint all load the same way;
+* the frozen-VAE conditioner (reference / garment images and the clip -> normalised latents);
+* the in-context layout `[ref, garment, video]` on the frame axis with t = 0 on the two condition frames.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fashionchameleon.configs import Preset, get_preset
+from fashionchameleon.model import CausalWanTransformer3DModel
+from fashionchameleon.sampling import FlowMatching
+from fashionchameleon.text import LearnedTextEncoder, build_text_encoder
+from fashionchameleon.vae import build_vae, latent_frames, load_vae
+
+PRESET_FILE = "preset.json"
+STAGE_PARTS = ("transformer", "vae", "text_encoder")
+
+
+# ------------------------------------------------------------------------------------------------ config sections
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    # frozen VAE folder; None builds a fresh random VAE from the preset (smoke runs only: no meaningful latents)
+    vae: str | None = None
+    # local diffusers Wan directory (transformer/, vae/, text_encoder/, tokenizer/); overrides `preset` weights
+    pretrained: str | None = None
+    # stage folder (teacher or student) to initialise every network from
+    init: str | None = None
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    attn_backend: str = "sdpa"  # sdpa | flex | xformers
+    train_text_encoder: bool = True  # only the learned demo encoder is trainable; umT5 stays frozen
+
+
+@dataclass
+class DataConfig:
+    source: str = "world"  # world (procedural mannequin world) | folder (meta_data.csv format)
+    root: str | None = None  # folder datasets only
+    frames: int = 21  # pixel frames per clip, 1 + temporal_factor * k
+    train_length: int = 100_000  # world clips per epoch (rendered on the fly)
+    val_length: int = 8
+    seed: int = 0
+    val_seed: int = 12345
+    skip_bad: bool = True
+    text_dropout: float = 0.1  # empty prompt this often (classifier-free guidance)
+
+    def __post_init__(self):
+        if self.source not in ("world", "folder"):
+            raise ValueError(f"data.source must be 'world' or 'folder', got {self.source!r}")
+        if not 0.0 <= self.text_dropout <= 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1], got {self.text_dropout}")
+
+
+# ------------------------------------------------------------------------------------------------ components
+@dataclass
+class Components:
+    preset: Preset
+    transformer: CausalWanTransformer3DModel
+    vae: Any
+    text_encoder: torch.nn.Module
+
+    @property
+    def fm(self) -> FlowMatching:
+        s = self.preset.stream
+        return FlowMatching(s.num_train_timesteps, s.timestep_shift)
+
+
+def _require_dir(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what} directory not found: {p} (set it in the YAML config; nothing is downloaded)")
+    return p
+
+
+def load_stage(path: str | os.PathLike) -> Components:
+    """Load a stage folder written by `save_stage` / `StreamingEngine.save` (weights stay trainable)."""
+    p = _require_dir(path, "stage checkpoint")
+    pfile = p / PRESET_FILE
+    if not pfile.is_file():
+        raise FileNotFoundError(f"{p} is not a stage checkpoint (missing {PRESET_FILE})")
+    preset = Preset.from_dict(json.loads(pfile.read_text()))
+    transformer = CausalWanTransformer3DModel.from_pretrained(p / "transformer", use_safetensors=True)
+    transformer = transformer.float()  # exports may be fp16 to save space; training runs in fp32 masters
+    vae = load_vae(p / "vae").float()
+    tdir = p / "text_encoder"
+    text = build_text_encoder(preset.text, tdir if tdir.is_dir() else preset.text.get("path")).float()
+    return Components(preset, transformer, vae, text)
+
+
+def save_stage(path: str | os.PathLike, comp: Components, card: str | None = None,
+               half: bool = False) -> Path:
+    """Same layout as `StreamingEngine.save`; `half` stores fp16 weights (the loaders cast back to fp32)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / PRESET_FILE).write_text(json.dumps(comp.preset.to_dict(), indent=2))
+    for name in STAGE_PARTS:
+        m = getattr(comp, name)
+        if not hasattr(m, "save_pretrained"):
+            continue  # umT5 is referenced by path, not copied
+        m = copy.deepcopy(m).cpu()
+        if half:
+            m = m.half()
+        m.save_pretrained(tmp / name, safe_serialization=True)
+    if card:
+        (tmp / "README.md").write_text(card)
+    # atomic-ish replace so a reader never sees a half-written folder
+    if p.exists():
+        old = p.with_name(p.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        p.rename(old)
+        tmp.rename(p)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(p)
+    return p
+
+
+def build_components(cfg: ModelConfig) -> Components:
+    """Networks for a stage: from `init` (a stage folder), `pretrained` (diffusers Wan dir) or the preset."""
+    if cfg.init:
+        comp = load_stage(cfg.init)
+    elif cfg.pretrained:
+        from fashionchameleon.text import UMT5TextEncoder
+        from fashionchameleon.vae import WanVAE
+
+        root = _require_dir(cfg.pretrained, "pretrained Wan (model.pretrained)")
+        preset = get_preset(cfg.preset)
+        transformer = CausalWanTransformer3DModel.from_pretrained(_require_dir(root / "transformer", "transformer"))
+        vae = WanVAE.from_pretrained(_require_dir(root / "vae", "vae"))
+        text = UMT5TextEncoder.from_pretrained(root, preset.text.get("max_length", 512))
+        preset.text = {**preset.text, "path": str(root)}
+        comp = Components(preset, transformer, vae, text)
+    else:
+        preset = get_preset(cfg.preset)
+        torch.manual_seed(cfg.seed)
+        transformer = CausalWanTransformer3DModel(**preset.transformer)
+        if cfg.vae:
+            vae = load_vae(_require_dir(cfg.vae, "VAE (model.vae)")).float()
+        else:
+            vae = build_vae(preset.vae)
+        text = build_text_encoder(preset.text)
+        comp = Components(preset, transformer, vae, text)
+    comp.vae.eval().requires_grad_(False)
+    trainable_text = cfg.train_text_encoder and isinstance(comp.text_encoder, LearnedTextEncoder)
+    comp.text_encoder.requires_grad_(trainable_text)
+    comp.transformer.set_attn_backend(cfg.attn_backend)
+    if cfg.gradient_checkpointing:
+        comp.transformer.enable_gradient_checkpointing()
+    return comp
+
+
+# ------------------------------------------------------------------------------------------------ data
+def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, seed: int):
+    size = (preset.height, preset.width)
+    latent_frames(data.frames, preset.temporal_factor)  # fail early on a bad clip length
+    if data.source == "world":
+        from fashionchameleon.data import WorldDataset
+
+        return WorldDataset(split=split, size=size, frames=data.frames, length=length, seed=seed)
+    from fashionchameleon.data import FolderDataset
+
+    root = _require_dir(data.root or "", "data.root (real-data folder with meta_data.csv)")
+    return FolderDataset(root, size=size, frames=data.frames, skip_bad=data.skip_bad)
+
+
+KEEP_KEYS = ("reference", "garment", "video", "prompt")
+
+
+class Triplets(torch.utils.data.Dataset):
+    """Keep the four entries the stages use (datasets may return extra ground truth)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        d = self.ds[i]
+        return {k: d[k] for k in KEEP_KEYS}
+
+
+# ------------------------------------------------------------------------------------------------ conditioning
+@torch.no_grad()
+def encode_batch(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ref [B,z,1,h,w], garment [B,z,1,h,w], video [B,z,f,h,w]) normalised latents from the frozen VAE."""
+    dt = next(vae.parameters()).dtype
+    ref = vae.encode_image(batch["reference"].to(device, dt)).float()
+    gar = vae.encode_image(batch["garment"].to(device, dt)).float()
+    vid = vae.encode_video(batch["video"].to(device, dt)).float()
+    return ref, gar, vid
+
+
+def drop_prompts(prompts: list[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+    """Replace each prompt by "" with probability p (the CFG null condition)."""
+    keep = torch.rand(len(prompts), generator=generator) >= p
+    return [s if k else "" for s, k in zip(prompts, keep.tolist())]
+
+
+def incontext_timesteps(t_video: torch.Tensor, cond_frames: int) -> torch.Tensor:
+    """`t_video [B]` or `[B, f]` -> per-frame `[B, cond + f]` with t = 0 on the condition frames."""
+    if t_video.ndim == 1:
+        raise ValueError("pass per-frame timesteps [B, f]")
+    zeros = t_video.new_zeros(t_video.shape[0], cond_frames)
+    return torch.cat([zeros, t_video], dim=1)
+
+
+def incontext_flow(transformer, ref: torch.Tensor, gar: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                   text: torch.Tensor) -> torch.Tensor:
+    """Bidirectional flow prediction for the video frames of `[ref, garment, x_t]` (outputs at conds dropped).
+
+    `t` is `[B]` (shared by the video frames) or `[B, f]`.
+    """
+    f = x_t.shape[2]
+    if t.ndim == 1:
+        t = t[:, None].expand(-1, f)
+    cond = ref.shape[2] + gar.shape[2]
+    x = torch.cat([ref, gar, x_t], dim=2).to(x_t.dtype)
+    out = transformer(x, incontext_timesteps(t.float(), cond), text, attention_mode="bidirectional").sample
+    return out[:, :, cond:]
+
+
+def cfg_flow(transformer, ref, gar, x_t, t, text_c, text_u, scale: float) -> torch.Tensor:
+    """Classifier-free guided flow: v_u + s (v_c - v_u); one batched forward for both branches."""
+    if scale == 1.0:
+        return incontext_flow(transformer, ref, gar, x_t, t, text_c)
+    b = x_t.shape[0]
+    two = lambda z: torch.cat([z, z], dim=0)  # noqa: E731
+    v = incontext_flow(transformer, two(ref), two(gar), two(x_t), two(t), torch.cat([text_c, text_u], dim=0))
+    v_c, v_u = v[:b], v[b:]
+    return v_u + scale * (v_c - v_u)
+
+
+def per_frame_bell_mse(fm: FlowMatching, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Bell-weighted flow-matching MSE; `t` `[B]` or `[B, f]` (per-frame weights)."""
+    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, f]
+    if t.ndim == 1:
+        t = t[:, None].expand_as(err)
+    return (fm.bell_weight(t) * err).mean()
+
+
+def frames_for_chunks(preset: Preset, chunks: int) -> int:
+    """Pixel frames of a clip with `chunks` streaming chunks."""
+    return preset.pixel_frames(chunks * preset.stream.chunk_frames)
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, str]]:
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with p.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_curves(log_csv: str | os.PathLike, keys: list[str], dest: str | os.PathLike, title: str,
+                smooth: int = 10, size: tuple[int, int] = (360, 640)) -> Path | None:
+    """Loss curves (log-y, moving average over `smooth` rows) from a trainer log.csv, drawn with OpenCV."""
+    import cv2
+    import numpy as np
+
+    rows = read_log(log_csv)
+    series = {}
+    for k in keys:
+        pts = [(int(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "", "nan")]
+        pts = [(s, v) for s, v in pts if v > 0 and np.isfinite(v)]
+        if pts:
+            s, v = map(np.asarray, zip(*pts))
+            if len(v) >= smooth:
+                v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+                s = s[smooth - 1:]
+            series[k] = (s, np.log10(v))
+    if not series:
+        return None
+    h, w = size
+    margin = 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    smin = min(s.min() for s, _ in series.values())
+    smax = max(max(s.max() for s, _ in series.values()), smin + 1)
+    vmin = min(v.min() for _, v in series.values())
+    vmax = max(max(v.max() for _, v in series.values()), vmin + 1e-3)
+    cv2.rectangle(img, (margin, 20), (w - 10, h - margin), (0, 0, 0), 1)
+    colours = [(200, 80, 30), (30, 120, 220), (40, 160, 40), (160, 40, 160)]
+
+    def xy(s, v):
+        x = margin + (s - smin) / (smax - smin) * (w - 10 - margin)
+        y = h - margin - (v - vmin) / (vmax - vmin) * (h - margin - 20)
+        return np.stack([x, y], 1).astype(np.int32)
+
+    for i, (k, (s, v)) in enumerate(series.items()):
+        c = colours[i % len(colours)]
+        cv2.polylines(img, [xy(s, v)], False, c, 1, cv2.LINE_AA)
+        cv2.putText(img, f"{k} (avg{smooth}) last={10 ** v[-1]:.4g}", (margin + 5, 35 + 15 * i),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, c, 1, cv2.LINE_AA)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, title, (margin, 14), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"{10 ** vmax:.3g}", (2, 28), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"{10 ** vmin:.3g}", (2, h - margin), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"step {smin}", (margin, h - margin + 15), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"step {smax}", (w - 90, h - margin + 15), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "log10 scale", (w // 2 - 30, h - 12), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(dest), img[:, :, ::-1])
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------ trainable wrapper
+class TextDiT(torch.nn.Module):
+    """Transformer + (optionally trainable) learned text encoder as one module: one optimizer, one EMA."""
+
+    def __init__(self, transformer: CausalWanTransformer3DModel, text_encoder: torch.nn.Module | None):
+        super().__init__()
+        self.transformer = transformer
+        self.text_encoder = text_encoder  # None: a frozen external encoder (umT5) supplies the embeddings
+
+    def encode(self, prompts: list[str], frozen: torch.nn.Module | None = None) -> torch.Tensor:
+        enc = self.text_encoder if self.text_encoder is not None else frozen
+        dev = next(self.transformer.parameters()).device
+        return enc(list(prompts)).to(dev)
+
+
+def wrap(comp: Components, trainable: bool = True) -> TextDiT:
+    te = comp.text_encoder if any(p.requires_grad for p in comp.text_encoder.parameters()) else None
+    m = TextDiT(comp.transformer, te)
+    if not trainable:
+        m.requires_grad_(False).eval()
+    return m
+
+
+def export_stage(trainer, name: str, comp: Components, dest: str | os.PathLike, card: str | None = None,
+                 ema: bool = True, half: bool = False) -> Path:
+    """Write model `name` (a `TextDiT`, EMA weights if tracked) as a stage folder with the frozen VAE."""
+    model = trainer.accelerator.unwrap_model(trainer.models[name])
+    use_ema = ema and name in trainer.ema
+    if use_ema:
+        trainer.ema[name].swap(model)
+    try:
+        out = Components(comp.preset, model.transformer, comp.vae, model.text_encoder or comp.text_encoder)
+        if trainer.accelerator.is_main_process:
+            save_stage(dest, out, card, half=half)
+    finally:
+        if use_ema:
+            trainer.ema[name].swap(model)
+    return Path(dest)

@@ -1,0 +1,183 @@
+"""Many-step teacher sampling (UniPC + classifier-free guidance) of (reference, garment, prompt) into videos.
+
+    # held-out triplets of the mannequin world (test split): MP4 per example + one contact sheet
+    python -m teacher.sample --ckpt assets/checkpoints/teacher_tiny --split test --num 4 --out docs/figures/teacher
+    # your own images
+    python -m teacher.sample --ckpt DIR --reference ref.png --garment shirt.png --prompt "walks forward" --out out/
+
+Each MP4 shows [reference | garment | generated] side by side (libx264, yuv420p). The contact sheet has one row per
+example: reference, garment, then evenly spaced generated frames (and the ground-truth clip's frames when known).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fashionchameleon.imageops import fit_crop, letterbox_white, to_tensor
+from fashionchameleon.sampling import teacher_sample
+from fashionchameleon.vae import latent_frames
+from teacher.common import Components, DataConfig, build_dataset, cfg_flow, incontext_flow, load_stage
+
+
+@torch.no_grad()
+def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.Tensor, prompts: list[str],
+                     frames: int, steps: int = 50, guidance: float = 3.0, scheduler: str = "unipc", seed: int = 0,
+                     negative_prompt: str = "") -> torch.Tensor:
+    """reference / garment `[B,3,H,W]` in [-1,1] -> generated clip `[B,3,frames,H,W]` in [-1,1]."""
+    tr, vae, preset = comp.transformer.eval(), comp.vae.eval(), comp.preset
+    dev = next(tr.parameters()).device
+    dt = next(vae.parameters()).dtype
+    ref = vae.encode_image(reference.to(dev, dt)).float()
+    gar = vae.encode_image(garment.to(dev, dt)).float()
+    b = ref.shape[0]
+    text_c = comp.text_encoder(list(prompts)).to(dev).float()
+    text_u = comp.text_encoder([negative_prompt] * b).to(dev).float()
+    f = latent_frames(frames, preset.temporal_factor)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((b, tr.config.in_channels, f, *ref.shape[-2:]), generator=g).to(dev)
+
+    def flow_fn(x, t, conditional):
+        tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
+        return incontext_flow(tr, ref, gar, x, tt, text_c if conditional else text_u)
+
+    if guidance > 1.0:
+        # one batched forward per step for both branches (same numbers as teacher_sample's two calls)
+        def guided(x, t, conditional):
+            tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
+            return cfg_flow(tr, ref, gar, x, tt, text_c, text_u, guidance)
+
+        z = teacher_sample(guided, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
+                           shift=preset.stream.timestep_shift)
+    else:
+        z = teacher_sample(flow_fn, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
+                           shift=preset.stream.timestep_shift)
+    return vae.decode(z.to(dt)).float()
+
+
+# ------------------------------------------------------------------------------------------------ output helpers
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[3,T,H,W] or [3,H,W] in [-1,1] -> uint8 [T,H,W,3] / [H,W,3]."""
+    x = x.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+    return x.permute(1, 2, 3, 0).numpy() if x.ndim == 4 else x.permute(1, 2, 0).numpy()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> Path:
+    """uint8 [T,H,W,3] RGB -> H.264 MP4 (yuv420p, even sizes)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t, h, w, _ = frames.shape
+    h2, w2 = h - h % 2, w - w % 2
+    with av.open(str(path), mode="w") as box:
+        st = box.add_stream("libx264", rate=fps)
+        st.width, st.height, st.pix_fmt = w2, h2, "yuv420p"
+        st.options = {"crf": str(crf)}
+        for img in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h2, :w2]), format="rgb24")):
+                box.mux(pkt)
+        for pkt in st.encode():
+            box.mux(pkt)
+    return path
+
+
+def label(img: np.ndarray, text: str) -> np.ndarray:
+    out = img.copy()
+    cv2.putText(out, text, (3, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 2, cv2.LINE_AA)
+    cv2.putText(out, text, (3, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def contact_row(reference: np.ndarray, garment: np.ndarray, video: np.ndarray, cols: int,
+                tag: str = "gen") -> np.ndarray:
+    idx = np.linspace(0, len(video) - 1, cols).round().astype(int)
+    tiles = [label(reference, "reference"), label(garment, "garment")]
+    tiles += [label(video[i], f"{tag} t={i}") for i in idx]
+    sep = np.full((reference.shape[0], 2, 3), 255, np.uint8)
+    return np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1)
+
+
+def save_sheet(path: str | Path, rows: list[np.ndarray]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    cv2.imwrite(str(path), np.concatenate(rows, axis=0)[:, :, ::-1])
+    return path
+
+
+def heldout_examples(comp: Components, split: str, num: int, frames: int, seed: int) -> list[dict]:
+    data = DataConfig(frames=frames)
+    ds = build_dataset(data, comp.preset, split, num, seed)
+    return [ds[i] for i in range(num)]
+
+
+def render_examples(comp: Components, examples: list[dict], out: str | Path, frames: int, steps: int,
+                    guidance: float, seed: int, cols: int = 6, name: str = "teacher", scheduler: str = "unipc",
+                    mp4: bool = True) -> dict:
+    """Sample every example, write `<name>_<i>.mp4` and `<name>_sheet.png` under `out`."""
+    out = Path(out)
+    rows, files = [], []
+    t0 = time.perf_counter()
+    for i, ex in enumerate(examples):
+        ref, gar = ex["reference"][None], ex["garment"][None]
+        vid = teacher_generate(comp, ref, gar, [ex["prompt"]], frames, steps, guidance, scheduler, seed + i)[0]
+        r, g, v = to_uint8(ex["reference"]), to_uint8(ex["garment"]), to_uint8(vid)
+        rows.append(contact_row(r, g, v, cols, "gen"))
+        if "video" in ex:
+            rows.append(contact_row(r, g, to_uint8(ex["video"]), cols, "real"))
+        if mp4:
+            side = np.concatenate([np.broadcast_to(r, v.shape), np.broadcast_to(g, v.shape), v], axis=2)
+            files.append(str(write_mp4(out / f"{name}_{i}.mp4", side, comp.preset.stream.fps)))
+    sheet = save_sheet(out / f"{name}_sheet.png", rows)
+    return {"sheet": str(sheet), "videos": files, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="stage folder (preset.json, transformer/, vae/, text_encoder/)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--split", default="test", help="world split for held-out examples")
+    ap.add_argument("--num", type=int, default=4)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--reference")
+    ap.add_argument("--garment")
+    ap.add_argument("--prompt", default="walks forward")
+    ap.add_argument("--frames", type=int, help="pixel frames (default: two streaming chunks)")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--scheduler", default="unipc", choices=["unipc", "euler"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    comp = load_stage(args.ckpt)
+    comp.transformer.eval()
+    p = comp.preset
+    frames = args.frames or p.pixel_frames(2 * p.stream.chunk_frames)
+    if args.reference or args.garment:
+        if not (args.reference and args.garment):
+            ap.error("--reference and --garment go together")
+        ref = cv2.imread(args.reference)[:, :, ::-1]
+        gar = cv2.imread(args.garment)[:, :, ::-1]
+        examples = [{"reference": to_tensor(fit_crop(ref, p.height, p.width))[0],
+                     "garment": to_tensor(letterbox_white(gar, p.height, p.width))[0], "prompt": args.prompt}]
+    else:
+        examples = heldout_examples(comp, args.split, args.num, frames, args.data_seed)
+    res = render_examples(comp, examples, args.out, frames, args.steps, args.guidance, args.seed,
+                          scheduler=args.scheduler)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
