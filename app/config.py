@@ -7,6 +7,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_URL = "/fc-static"  # gradio owns /static
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class AppConfig:
     # A session whose peer never connects is dropped after this.
     connect_timeout_s: float = 20.0
     stats_window_s: float = 2.0
+    sent_log_frames: int = 2048  # per-session (pts, frame index) log for diagnostics
     placeholder_rgb: tuple[int, int, int] = (24, 24, 24)
     max_pending_schedule: int = 256
     # Recording (PyAV / libx264).

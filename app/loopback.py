@@ -142,9 +142,10 @@ async def measure(app, clients: int, seconds: float, params: dict) -> list[dict]
         for i, v in enumerate(viewers):
             stats = (await http.get(f"/api/stats/{v.sid}")).json() if v.sid else None
             out.append({"client": i, "status": v.status_code, "error": (v.response or {}).get("error"),
-                        "frames": len(v.frames), "received_fps": round(v.fps(skip_s=1.0), 2),
-                        "server_delivered_fps": stats and stats["delivered_fps"],
-                        "repeats": stats and stats["repeats"], "engine_fps": stats and round(stats["engine"].get("fps", 0), 1)})
+                        "frames": len(v.frames), "received_fps_incl_repeats": round(v.fps(skip_s=1.0), 2),
+                        "distinct_frames": stats and stats["frames_delivered"],
+                        "delivered_fps": stats and round(stats["frames_delivered"] / seconds, 2),
+                        "repeats": stats and stats["repeats"], "ttff_s": stats and stats["ttff_s"]})
         for v in viewers:
             await v.close()
         return out

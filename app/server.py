@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
 from .catalog import Catalog  # noqa: E402
-from .config import STATIC_DIR, AppConfig  # noqa: E402
+from .config import STATIC_DIR, STATIC_URL, AppConfig  # noqa: E402
 from .images import ImageError  # noqa: E402
 from .sessions import BadRequest, BusyError, NotFoundError, SessionManager  # noqa: E402
 from .webrtc import include_loopback_candidates, parse_ice_servers  # noqa: E402
@@ -153,7 +153,7 @@ def build_app(engine, max_sessions: int | None = None, config: AppConfig | None 
         media = "video/mp4" if ext == "mp4" else "application/json"
         return FileResponse(path, media_type=media, filename=path.name)
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="fc-static")
+    app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="fc-static")
     if with_ui:
         from .ui import mount_ui
 

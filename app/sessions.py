@@ -131,7 +131,7 @@ class SessionManager:
             garment_rgb=garment_rgb, garment_id=garment, prompt=prompt, seed=seed, frames=frames,
             scheduler=scheduler, resolve_garment=lambda g: self.catalog.get("garment", g),
         )
-        delivery = DeliveryStats(self.cfg.stats_window_s)
+        delivery = DeliveryStats(self.cfg.stats_window_s, self.cfg.sent_log_frames)
         pc = RTCPeerConnection(self.rtc_config)
         live = LiveSession(sid, handle, pc, delivery, reference)
         self._sessions[sid] = live  # reserve the slot before any await

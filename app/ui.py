@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from .catalog import Catalog  # noqa: E402
-from .config import STATIC_DIR, AppConfig  # noqa: E402
+from .config import STATIC_URL, AppConfig  # noqa: E402
 from .images import ImageError  # noqa: E402
 from .sessions import BadRequest, NotFoundError, SessionManager  # noqa: E402
 from .timeline import Timeline, TimelineError, format_schedule  # noqa: E402
@@ -66,14 +66,16 @@ def build_blocks(manager: SessionManager, catalog: Catalog, cfg: AppConfig) -> g
                     rec_stop_btn = gr.Button("Stop recording", elem_id="fc-record-stop")
                 message = gr.Markdown("", elem_id="fc-message")
                 rec_files = gr.File(label="Recording (MP4 + timeline JSON)", file_count="multiple",
-                                    interactive=False, elem_id="fc-rec-files")
+                                    interactive=False, height=120, elem_id="fc-rec-files")
             with gr.Column(scale=2):
                 refs = _gallery(catalog, "reference")
                 ref_gallery = gr.Gallery(refs, label="Reference person" + ("" if refs else " (none bundled: upload one)"),
-                                         columns=4, height="auto", allow_preview=False, elem_id="fc-references")
+                                         columns=4, height="auto", fit_columns=False, allow_preview=False,
+                                         elem_id="fc-references")
                 ref_upload = gr.UploadButton("Upload reference", file_types=["image"], elem_id="fc-ref-upload")
                 garment_gallery = gr.Gallery(_gallery(catalog, "garment"), label="Garments (click to swap live)",
-                                             columns=4, height="auto", allow_preview=False, elem_id="fc-garments")
+                                             columns=4, height="auto", fit_columns=False, allow_preview=False,
+                                             elem_id="fc-garments")
                 garment_upload = gr.UploadButton("Upload garment", file_types=["image"], elem_id="fc-garment-upload")
                 selection = gr.Markdown(_selection(catalog.default_id("reference"), catalog.default_id("garment")),
                                         elem_id="fc-selection")
@@ -171,10 +173,10 @@ def build_blocks(manager: SessionManager, catalog: Catalog, cfg: AppConfig) -> g
 def mount_ui(app, manager: SessionManager, catalog: Catalog, cfg: AppConfig):
     demo = build_blocks(manager, catalog, cfg)
     allowed = [str(p) for p in (cfg.references_dir, cfg.garments_dir, manager.record_dir, catalog.upload_dir)]
-    head = '<link rel="stylesheet" href="/static/fc.css"><script src="/static/fc.js"></script>'
+    head = f'<link rel="stylesheet" href="{STATIC_URL}/fc.css"><script src="{STATIC_URL}/fc.js"></script>'
     return gr.mount_gradio_app(app, demo, path=cfg.ui_path, allowed_paths=allowed, head=head,
                                max_file_size=cfg.images.max_upload_bytes, footer_links=[], server_name=cfg.host,
                                server_port=cfg.port)
 
 
-__all__ = ["build_blocks", "mount_ui", "STATIC_DIR"]
+__all__ = ["build_blocks", "mount_ui"]

@@ -20,8 +20,10 @@ LOOPBACK = "127.0.0.1"
 class DeliveryStats:
     """What the viewer actually gets (updated on the event loop by the track)."""
 
-    def __init__(self, window_s: float):
+    def __init__(self, window_s: float, log_frames: int = 0):
         self.window_s = window_s
+        # (pts, engine frame index or -1 for the placeholder) of recently sent frames, for diagnostics/tests
+        self.sent_log: deque[tuple[int, int]] = deque(maxlen=log_frames)
         self.sent = 0  # frames handed to the encoder, repeats included
         self.new = 0  # distinct engine frames delivered
         self.repeats = 0  # underruns
@@ -32,8 +34,10 @@ class DeliveryStats:
         self._times: deque[float] = deque()
         self.swap_latencies: list[float] = []
 
-    def on_sent(self, now: float, frame: Any | None, is_new: bool) -> None:
+    def on_sent(self, now: float, frame: Any | None, is_new: bool, pts: int = 0) -> None:
         self.sent += 1
+        if self.sent_log.maxlen:
+            self.sent_log.append((pts, -1 if frame is None else int(frame.index)))
         if self.t_first_sent is None:
             self.t_first_sent = now
         if not is_new:
@@ -96,7 +100,7 @@ class EngineVideoTrack(VideoStreamTrack):
                 self._on_space()
             if self._on_new is not None:
                 self._on_new(frame)
-        self._stats.on_sent(time.perf_counter(), frame, is_new)
+        self._stats.on_sent(time.perf_counter(), frame, is_new, pts)
         out = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._last_image), format="rgb24")
         out.pts, out.time_base = pts, time_base
         return out
