@@ -1112,3 +1112,43 @@ def _canvas_extent(canvas: _Canvas):
                     q = np.asarray(q, np.float64) / canvas.one
                     lo, hi = np.minimum(lo, q - p.c / 2), np.maximum(hi, q + p.c / 2)
     return lo, hi
+
+
+# ----------------------------------------------------------------------------- module-level API
+DEFAULT_WORLD = MannequinWorld()
+
+
+def sample_person(seed: int) -> Person:
+    return DEFAULT_WORLD.sample_person(seed)
+
+
+def sample_upper_garment(seed: int, type: str | None = None) -> UpperGarment:
+    return DEFAULT_WORLD.sample_upper_garment(seed, type)
+
+
+def sample_lower_garment(seed: int) -> LowerGarment:
+    return DEFAULT_WORLD.sample_lower_garment(seed)
+
+
+def sample_background(seed: int) -> Background:
+    return DEFAULT_WORLD.sample_background(seed)
+
+
+def sample_motion(seed: int, name: str | None = None) -> Motion:
+    return DEFAULT_WORLD.sample_motion(seed, name)
+
+
+def render_frames(person, upper, lower, background, motion, frames, size=None, start_frame=0):
+    return DEFAULT_WORLD.render_frames(person, upper, lower, background, motion, frames, size, start_frame)
+
+
+def render_swap(person, schedule, lower, background, motion, frames, size=None):
+    return DEFAULT_WORLD.render_swap(person, schedule, lower, background, motion, frames, size)
+
+
+def product_image(garment, size=None) -> np.ndarray:
+    return DEFAULT_WORLD.product_image(garment, size)
+
+
+def sample_triplet(index: int, split: str = "train", frames: int | None = None, size=None) -> Triplet:
+    return DEFAULT_WORLD.sample_triplet(index, split, frames, size)

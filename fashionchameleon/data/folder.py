@@ -1,0 +1,265 @@
+"""Real-data folder format and the torch datasets (folder on disk, or the world rendered on the fly).
+
+Layout of a dataset folder::
+
+    meta_data.csv   columns: src_image, cloth_image, video, prompt [, gt]   (paths relative to the folder)
+    src/*.png       reference image (the person, any garment)
+    cloth/*.png     garment product image
+    video/*.mp4     the person wearing the garment, at least `frames` frames (the first `frames` are used)
+    gt/*.npz        optional ground-truth sidecar per row (synthetic data only)
+
+Preprocessing (paper §B): garment letterboxed on white; reference and video frames resized to cover and
+centre-cropped. Items are dicts of tensors in [-1, 1]: reference [3,H,W], garment [3,H,W], video [3,T,H,W].
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fashionchameleon.imageops import fit_crop, letterbox_white
+
+from .world import MannequinWorld, check_frames, check_size
+
+META_FILE = "meta_data.csv"
+REQUIRED_COLUMNS = ("src_image", "cloth_image", "video", "prompt")
+GT_COLUMN = "gt"
+# triplet index = seed * SEED_STRIDE + item: one index space shared by WorldDataset and synth_folder
+SEED_STRIDE = 1 << 32
+
+
+class DataError(ValueError):
+    """A dataset row (or the metadata file) is unusable; the message names the row and the file."""
+
+
+@dataclass(frozen=True)
+class Row:
+    row: int  # 0-based data row; the csv line is row + 2 (header is line 1)
+    src_image: str
+    cloth_image: str
+    video: str
+    prompt: str
+    gt: str | None
+
+
+def _where(row: int) -> str:
+    return f"row {row} ({META_FILE} line {row + 2})"
+
+
+def image_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 HxWx3; raises DataError (without row info) if missing or undecodable."""
+    if not os.path.isfile(path):
+        raise DataError(f"missing file {path}")
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise DataError(f"cannot decode image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_video(path: str, frames: int) -> np.ndarray:
+    """First `frames` frames as uint8 [T, H, W, 3] RGB; raises DataError if missing, corrupt or too short."""
+    import av  # deferred: only needed for folder data
+
+    if not os.path.isfile(path):
+        raise DataError(f"missing file {path}")
+    out = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DataError(f"no video stream in {path}")
+            for frame in container.decode(video=0):
+                out.append(frame.to_ndarray(format="rgb24"))
+                if len(out) == frames:
+                    break
+    except DataError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise DataError(f"cannot decode video {path}: {e}") from e
+    if len(out) < frames:
+        raise DataError(f"video {path} has {len(out)} frames, need {frames}")
+    return np.stack(out)
+
+
+def write_video(path: str, frames: np.ndarray, fps: int, crf: int) -> None:
+    """H.264 yuv420p mp4 (even frame sizes only)."""
+    import av
+
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"H.264 yuv420p needs even frame sizes, got {H}x{W}")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        stream.codec_context.thread_count = 1  # the machine is shared; clips are tiny
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def read_meta(root: str) -> tuple[list[Row | None], list[tuple[int, str]]]:
+    """Parse meta_data.csv. Returns (rows, bad) where unreadable rows are None and listed in bad."""
+    path = os.path.join(root, META_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"missing metadata file {path}")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise DataError(f"{path}: header row is missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)}")
+            rows, bad = [], []
+            for i, rec in enumerate(reader):
+                empty = [c for c in REQUIRED_COLUMNS if rec.get(c) is None or (c != "prompt" and not rec[c].strip())]
+                if empty:
+                    rows.append(None)
+                    bad.append((i, f"{_where(i)} of {path}: missing value for column(s) {empty}"))
+                    continue
+                gt = rec.get(GT_COLUMN)
+                rows.append(Row(i, rec["src_image"].strip(), rec["cloth_image"].strip(), rec["video"].strip(),
+                                rec["prompt"], gt.strip() if gt and gt.strip() else None))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot parse {path}: {e}") from e
+    return rows, bad
+
+
+class FolderDataset(Dataset):
+    """Triplets from a dataset folder. With skip_bad=True every row is validated up front and bad rows are
+    skipped (see `bad_rows`); otherwise a bad row raises DataError when it is read."""
+
+    def __init__(self, root: str, size=(160, 128), frames: int = 9, skip_bad: bool = False):
+        self.root = os.fspath(root)
+        self.size = check_size(size)
+        self.frames = check_frames(frames)
+        self.skip_bad = skip_bad
+        self.rows, self._parse_bad = read_meta(self.root)
+        self.bad_rows: list[tuple[int, str]] = []
+        self._index = list(range(len(self.rows)))
+        if skip_bad:
+            self.validate()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def _row(self, row: int) -> Row:
+        r = self.rows[row]
+        if r is None:
+            reason = dict(self._parse_bad)[row]
+            raise DataError(reason)
+        return r
+
+    def load(self, row: int) -> dict:
+        """Read and preprocess one csv row (by its row number), raising DataError naming the row."""
+        r = self._row(row)
+        H, W = self.size
+        try:
+            ref = read_image(self._path(r.src_image))
+            cloth = read_image(self._path(r.cloth_image))
+            video = read_video(self._path(r.video), self.frames)
+        except DataError as e:
+            raise DataError(f"{_where(row)}: {e}") from e
+        video = np.stack([fit_crop(f, H, W) for f in video])
+        return {
+            "reference": image_to_tensor(fit_crop(ref, H, W)),
+            "garment": image_to_tensor(letterbox_white(cloth, H, W)),
+            "video": video_to_tensor(video),
+            "prompt": r.prompt,
+            "row": row,
+        }
+
+    def __getitem__(self, i: int) -> dict:
+        return self.load(self._index[i])
+
+    def load_gt(self, row: int) -> dict:
+        """The ground-truth sidecar of a row as a dict of arrays (synthetic folders only)."""
+        r = self._row(row)
+        if r.gt is None:
+            raise DataError(f"{_where(row)}: no '{GT_COLUMN}' entry")
+        path = self._path(r.gt)
+        if not os.path.isfile(path):
+            raise DataError(f"{_where(row)}: missing file {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise DataError(f"{_where(row)}: cannot read {path}: {e}") from e
+
+    def check_row(self, row: int) -> str | None:
+        """None if the row is usable, else the reason (decodes the images and the first `frames` frames)."""
+        try:
+            r = self._row(row)
+            for rel in (r.src_image, r.cloth_image):
+                read_image(self._path(rel))
+            read_video(self._path(r.video), self.frames)
+            if r.gt is not None and not os.path.isfile(self._path(r.gt)):
+                raise DataError(f"missing file {self._path(r.gt)}")
+        except DataError as e:
+            msg = str(e)
+            return msg if msg.startswith("row ") else f"{_where(row)}: {msg}"
+        return None
+
+    def validate(self, raise_errors: bool | None = None) -> list[tuple[int, str]]:
+        """Check every row. Skips bad rows when skip_bad, else raises one DataError listing all of them."""
+        bad = [(i, reason) for i in range(len(self.rows)) if (reason := self.check_row(i)) is not None]
+        if raise_errors is None:
+            raise_errors = not self.skip_bad
+        if bad and raise_errors:
+            raise DataError(f"{len(bad)} bad row(s) in {self.root}:\n" + "\n".join(m for _, m in bad))
+        if self.skip_bad:
+            self.bad_rows = bad
+            skip = {i for i, _ in bad}
+            self._index = [i for i in range(len(self.rows)) if i not in skip]
+        return bad
+
+
+class WorldDataset(Dataset):
+    """Mannequin-world triplets rendered on the fly, in the FolderDataset item format."""
+
+    def __init__(self, split: str = "train", size=(160, 128), frames: int = 9, length: int = 10_000, seed: int = 0,
+                 world: MannequinWorld | None = None):
+        if not 0 <= length < SEED_STRIDE:
+            raise ValueError(f"length must be in [0, 2**32), got {length}")
+        self.split, self.size, self.frames = split, check_size(size), check_frames(frames)
+        self.length, self.seed = int(length), int(seed)
+        self.world = world or MannequinWorld()
+        self.world.triplet_seeds(0, split)  # validates the split name early
+
+    def __len__(self) -> int:
+        return self.length
+
+    def triplet_index(self, i: int) -> int:
+        return self.seed * SEED_STRIDE + int(i)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        tr = self.world.sample_triplet(self.triplet_index(i), self.split, self.frames, self.size)
+        return {
+            "reference": image_to_tensor(tr.reference),
+            "garment": image_to_tensor(tr.garment),
+            "video": video_to_tensor(tr.video),
+            "prompt": tr.prompt,
+            "row": int(i),
+        }
