@@ -29,6 +29,9 @@ A stage supplies models, a dataset and a *step function*; the `Trainer` owns eve
 * Logs: tqdm (main process), `log.csv` (step, loss, lr, grad_norm, samples_seen, elapsed_s, + extra scalars),
   `eval.jsonl` from the optional `eval_fn(trainer) -> dict`.
 * Configs: YAML sections map onto dataclasses with `load_yaml_config`; unknown keys and ill-typed values raise.
+* Multi-process: run the same script under `accelerate launch` (DDP/FSDP on GPUs) or, on CPU,
+  `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N` (gloo DDP; checked with teacher/train_vae.py incl. resume).
+  A checkpoint resumes only with the process count that wrote it (per-rank EMA and RNG files).
 """
 
 from __future__ import annotations

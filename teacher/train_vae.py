@@ -67,10 +67,30 @@ SECTIONS = {"train": TrainConfig, "model": dict, "data": DataConfig, "loss": Los
             "smoke": SmokeConfig}
 
 
-def world_dataset(split: str, data: DataConfig, length: int, seed: int):
-    from fashionchameleon.data.world import WorldDataset
+class MannequinClips(torch.utils.data.Dataset):
+    """Video-only view of the mannequin world (skips the reference/product renders a VAE does not need)."""
 
-    return WorldDataset(split=split, size=(data.height, data.width), frames=data.frames, length=length, seed=seed)
+    def __init__(self, split: str, size: tuple[int, int], frames: int, length: int, seed: int):
+        from fashionchameleon.data.world import MannequinWorld
+
+        self.world, self.split, self.size, self.frames = MannequinWorld(), split, size, frames
+        self.length, self.offset = length, seed * length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        w = self.world
+        s = w.triplet_seeds(self.offset + i, self.split)
+        video, _ = w.render_frames(w.sample_person(s["person"]), w.sample_upper_garment(s["upper"]),
+                                   w.sample_lower_garment(s["lower"]), w.sample_background(s["background"]),
+                                   w.sample_motion(s["motion"]), self.frames, self.size)
+        x = torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # [3,T,H,W] in [-1,1]
+        return {"video": x}
+
+
+def world_dataset(split: str, data: DataConfig, length: int, seed: int):
+    return MannequinClips(split, (data.height, data.width), data.frames, length, seed)
 
 
 class VideoOnly(torch.utils.data.Dataset):

@@ -10,6 +10,15 @@ from fashionchameleon.trainer import TrainConfig, Trainer, dataclass_from_dict, 
 from fashionchameleon.vae import FastVAE, load_vae
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: one thread avoids OpenMP thrashing on a shared 2-core box
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _data(n=24):
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.randn(n, 3, 5, 16, 16, generator=g).tanh())
@@ -83,3 +92,14 @@ def test_config_validation(tmp_path):
         load_yaml_config(p, {"train": TrainConfig})
     with pytest.raises(FileNotFoundError):
         load_yaml_config(tmp_path / "nope.yaml", {"train": TrainConfig})
+
+
+def test_train_vae_smoke(tmp_path):
+    from teacher.train_vae import main
+
+    report = main(["--config", "teacher/configs/vae_smoke.yaml", "--smoke", "--out", str(tmp_path / "run")])
+    assert report["step"] == 6 and report["val_psnr"] > 0
+    vae = load_vae(tmp_path / "run" / "final")
+    assert isinstance(vae, FastVAE) and len(vae.config.latents_mean) == vae.z_dim
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 6
+    assert load_vae(tmp_path / "run" / "best").z_dim == vae.z_dim

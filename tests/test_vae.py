@@ -16,6 +16,15 @@ Z48 = dict(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 1, 1, 1], num
 FAST = dict(z_dim=8, spatial_factor=8, temporal_factor=4, base_channels=8, latents_mean=0.5, latents_std=2.0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models: one thread avoids OpenMP thrashing on a shared 2-core box
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _wan(cfg, seed=0):
     torch.manual_seed(seed)
     return WanVAE(AutoencoderKLWan(**cfg).eval())
