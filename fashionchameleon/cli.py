@@ -1,0 +1,120 @@
+"""`fashionchameleon` command line: serve, render, bench, eval, data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _load_image(path: str):
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: image not found: {p}")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise SystemExit(f"error: not a readable image: {p}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def render_main(argv) -> dict:
+    p = argparse.ArgumentParser(prog="fashionchameleon render",
+                                description="Render a garment-swap clip offline: MP4 + JSON timeline.")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--garment", action="append", required=True, help="repeat: G1 first, then the swaps")
+    p.add_argument("--swap-at", default="", help="comma-separated frame indices, one per extra garment")
+    p.add_argument("--frames", type=int, default=192)
+    p.add_argument("--prompt", default="walks forward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", default="disentangle")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
+    a = p.parse_args(argv)
+    swaps = [int(s) for s in a.swap_at.split(",") if s.strip()] if a.swap_at else []
+    if len(swaps) != len(a.garment) - 1:
+        p.error(f"--swap-at needs {len(a.garment) - 1} frame(s) for {len(a.garment)} garments, got {len(swaps)}")
+    if swaps != sorted(swaps) or any(s <= 0 or s >= a.frames for s in swaps):
+        p.error("--swap-at frames must be increasing and inside (0, --frames)")
+    from .stream import StreamingEngine
+    from .video import MP4Writer
+
+    ref = _load_image(a.reference)
+    garments = [_load_image(g) for g in a.garment]
+    engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device)
+    session = engine.new_session(a.policy)
+    out = Path(a.out)
+    pending = dict(zip(swaps, range(1, len(garments))))
+    applied = []
+    with MP4Writer(out, engine.fps) as writer:
+        for fr in session.start(ref, garments[0], a.prompt, seed=a.seed, garment_id=Path(a.garment[0]).stem,
+                                max_frames=a.frames):
+            writer.write(fr.image)
+            nxt = fr.index + 1
+            if nxt in pending:  # replay rule: request right before pulling frame `nxt`
+                gi = pending.pop(nxt)
+                session.request_swap(garments[gi], Path(a.garment[gi]).stem)
+            if applied == [] or applied[-1]["garment"] != fr.garment_id:
+                applied.append({"frame": fr.index, "garment": fr.garment_id})
+    timeline = {
+        "fps": engine.fps, "frames": a.frames, "seed": a.seed, "prompt": a.prompt, "reference": a.reference,
+        "policy": a.policy, "checkpoint": engine.checkpoint,
+        "swaps": [{"frame": 0, "time_s": 0.0, "garment": a.garment[0]}]
+        + [{"frame": f, "time_s": round(f / engine.fps, 4), "garment": a.garment[i + 1]} for i, f in enumerate(swaps)],
+        "applied": applied,
+    }
+    out.with_suffix(".json").write_text(json.dumps(timeline, indent=2))
+    print(f"wrote {out} and {out.with_suffix('.json')} ({a.frames} frames at {engine.fps} fps)")
+    return timeline
+
+
+def serve_main(argv) -> None:
+    p = argparse.ArgumentParser(prog="fashionchameleon serve", description="Live garment-swap UI + WebRTC.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--max-sessions", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    a, rest = p.parse_known_args(argv)
+    from app.server import serve
+
+    serve(host=a.host, port=a.port, checkpoint=a.checkpoint, max_sessions=a.max_sessions, device=a.device,
+          argv=rest)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = ("serve", "render", "bench", "eval", "data")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
+        print("usage: fashionchameleon {serve,render,bench,eval,data} [options]\n"
+              "  serve   live WebRTC + Gradio UI (default: bundled demo model on 127.0.0.1:7860)\n"
+              "  render  offline clip with scheduled swaps -> MP4 + JSON timeline\n"
+              "  bench   FPS / latency / memory harness\n"
+              "  eval    held-out mannequin benchmark\n"
+              "  data    synthetic data: `data synth --out DIR --clips N --seed S`")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        serve_main(rest)
+    elif cmd == "render":
+        render_main(rest)
+    elif cmd == "bench":
+        from .bench import main as bench_main
+
+        bench_main(rest)
+    elif cmd == "eval":
+        from .evaluate import main as eval_main
+
+        eval_main(rest)
+    elif cmd == "data":
+        from .data.synth import main as data_main
+
+        data_main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
