@@ -115,7 +115,8 @@ def test_masks_match_pixels(world):
     kernel = np.ones((UNION_DILATE, UNION_DILATE), np.uint8)
     for t in range(FRAMES):
         img, m = frames[t].astype(int), gt["masks"][t]
-        for label, colour, min_frac in  # eyes are labelled skin ((W.UPPER, upper.color, 1.0), (W.LOWER, lower.color, 1.0),
+        # eyes are labelled skin, hence the lower skin fraction
+        for label, colour, min_frac in ((W.UPPER, upper.color, 1.0), (W.LOWER, lower.color, 1.0),
                                         (W.BACKGROUND, bg.color, 1.0), (W.SKIN, person.skin, 0.9),
                                         (W.SHOES, person.shoes, 1.0)):
             inner = cv2.erode((m == label).astype(np.uint8), kernel).astype(bool)
