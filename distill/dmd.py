@@ -1,0 +1,34 @@
+"""The (gradient-reweighted) DMD objective, as pure functions of tensors (paper §1.6).
+
+    grad  = (x0_fake - x0_real) / mean|x_hat - x0_real|          (per sample, DMD eq. 8)
+    loss  = 0.5 * sum_f A_f * mean_{c,h,w} (x_hat_f - sg(x_hat_f - grad_f))^2
+
+With A_f = 1/F (tau = inf) this is vanilla DMD, 0.5 * mse(x_hat, sg(x_hat - grad)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from teacher.common import cfg_flow, incontext_flow
+
+
+def dmd_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    dims = tuple(range(1, x.ndim))
+    denom = (x.detach() - x0_real).abs().mean(dim=dims, keepdim=True).clamp_min(eps)
+    return (x0_fake - x0_real) / denom
+
+
+def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """x, grad `[B,C,F,H,W]`; weights `[B,F]` (sum 1 per sample)."""
+    target = (x - grad).detach()
+    per_frame = (x.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+    return 0.5 * (weights * per_frame).sum(dim=1).mean()
+
+
+@torch.no_grad()
+def score_x0(fm, real, fake, ref, gar, x_t, t, text_c, text_u, guidance: float):
+    """x0 predictions of the real score (teacher, CFG) and the fake score (critic, no CFG) on `[ref, gar, x_t]`."""
+    v_real = cfg_flow(real, ref, gar, x_t, t, text_c, text_u, guidance)
+    v_fake = incontext_flow(fake, ref, gar, x_t, t, text_c)
+    return fm.x0_from_flow(x_t, v_real, t), fm.x0_from_flow(x_t, v_fake, t)

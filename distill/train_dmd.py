@@ -1,0 +1,202 @@
+"""Stage 2b: gradient-reweighted DMD with Self-Forcing rollout (paper §1.6).
+
+    python -m distill.train_dmd --config distill/configs/dmd_tiny.yaml [--resume] [--out DIR] [--max-steps N]
+    python -m distill.train_dmd --config distill/configs/dmd_smoke.yaml --smoke        # < 1 min on CPU
+    accelerate launch --multi_gpu --num_processes 8 -m distill.train_dmd --config distill/configs/dmd_wan2.2-5b.yaml
+
+Networks: generator G (causal student from the TF stage, EMA tracked), real score (the frozen teacher, CFG) and fake
+score / critic (bidirectional, initialised from the teacher, trained with flow matching on fresh generator samples).
+Every step updates the critic; every `gen_update_every`-th step first updates the generator:
+
+1. roll G out exactly as `StreamingSession.step` does (`distill.rollout`), one exit step per iteration (the same for
+   all chunks), gradients only through that step's forward;
+2. noise x_hat at t (shifted uniform, clamped), both scores see `[ref, garment, x_t]` bidirectionally;
+3. DMD gradient with per-chunk weights A = softmax(-R/tau) from `distill.reward` (tau = inf: vanilla DMD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.dmd import dmd_gradient, score_x0, weighted_dmd_loss
+from distill.reward import RewardConfig, chunk_rewards, chunk_weights
+from distill.rollout import draw_exit_step, rollout
+from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
+from teacher.common import (DataConfig, ModelConfig, Triplets, build_components, build_dataset, export_stage,
+                            TextDiT, incontext_flow, load_stage, plot_curves)
+
+
+@dataclass
+class DMDConfig:
+    teacher: str = "runs/teacher_tiny/final"  # real score (frozen) and the critic's initialisation
+    guidance: float = 3.0  # CFG scale of the real score
+    negative_prompt: str = ""
+    gen_update_every: int = 5  # 1 generator step per this many critic steps
+    critic_lr: float = 4.0e-7
+    critic_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    min_t: float = 20.0
+    max_t: float = 980.0
+    tau: float = 0.2  # .inf in YAML = vanilla DMD
+    chunks: int = 2  # chunks per rollout
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self):
+        if self.gen_update_every < 1 or self.chunks < 1:
+            raise ValueError("gen_update_every and chunks must be >= 1")
+
+
+@dataclass
+class SmokeConfig:
+    max_steps: int = 5
+    batch_size: int = 1
+    train_length: int = 8
+
+
+SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "dmd": DMDConfig, "smoke": SmokeConfig}
+
+
+@torch.no_grad()
+def encode_conditions(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    dt = next(vae.parameters()).dtype
+    ref = vae.encode_image(batch["reference"].to(device, dt)).float()
+    gar = vae.encode_image(batch["garment"].to(device, dt)).float()
+    return ref, gar
+
+
+def make_step_fn(comp, dmd: DMDConfig, seed: int):
+    fm, vae, text_enc, preset = comp.fm, comp.vae, comp.text_encoder, comp.preset
+    stream = preset.stream
+
+    def sample_t(b, device):
+        return fm.sample_train_timesteps((b,), device=device).clamp(dmd.min_t, dmd.max_t)
+
+    def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
+        gen, critic, real = ctx.models["generator"], ctx.models["critic"], ctx.models["teacher"]
+        ref, gar = encode_conditions(vae, batch, ctx.device)
+        b = ref.shape[0]
+        with torch.no_grad():
+            text_c = text_enc(list(batch["prompt"])).to(ctx.device)
+            text_u = text_enc([dmd.negative_prompt] * b).to(ctx.device)
+        out: dict[str, Any] = {}
+        if ctx.step % dmd.gen_update_every == 0:
+            exit_step = draw_exit_step(stream, seed, ctx.step)
+            x = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, dmd.chunks, exit_step, grad=True),
+                          dim=2)
+            t = sample_t(b, ctx.device)
+            x_t = fm.add_noise(x.detach(), torch.randn_like(x), t)
+            x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c, text_u,
+                                        dmd.guidance)
+            grad = dmd_gradient(x, x0_real, x0_fake)
+            if math.isinf(dmd.tau) or dmd.reward.kind == "none":
+                rewards = torch.zeros(b, dmd.chunks, device=ctx.device)
+            else:
+                with torch.no_grad():
+                    pix = vae.decode(x.detach().to(next(vae.parameters()).dtype))
+                rewards = chunk_rewards(pix, batch["garment"].to(ctx.device), dmd.reward, preset.temporal_factor,
+                                        stream.chunk_frames)
+            w = chunk_weights(rewards, stream.chunk_frames, x.shape[2], dmd.tau)
+            loss_g = weighted_dmd_loss(x, grad, w)
+            ctx.update("generator", loss_g)
+            out.update(gen_loss=loss_g.detach(), exit_step=exit_step, reward=rewards.mean(),
+                       reward_first=rewards[:, 0].mean(), reward_last=rewards[:, -1].mean(),
+                       weight_last=w[:, -stream.chunk_frames:].sum(1).mean())
+            fresh = x.detach()
+        else:
+            with torch.no_grad():
+                fresh = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, dmd.chunks,
+                                          draw_exit_step(stream, seed, ctx.step)), dim=2)
+        # critic: flow matching on fresh generator samples, video tokens only
+        t = sample_t(b, ctx.device)
+        noise = torch.randn_like(fresh)
+        x_t = fm.add_noise(fresh, noise, t)
+        v = incontext_flow(critic.transformer, ref, gar, x_t, t, text_c)
+        loss_c = (v.float() - fm.training_target(fresh, noise).float()).pow(2).mean()
+        ctx.update("critic", loss_c)
+        out["critic_loss"] = loss_c.detach()
+        return out
+
+    return step_fn
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out")
+    ap.add_argument("--init", help="generator stage folder (overrides model.init)")
+    ap.add_argument("--teacher", help="teacher stage folder (overrides dmd.teacher)")
+    ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--until", type=int)
+    args = ap.parse_args(argv)
+
+    cfg = load_yaml_config(args.config, SECTIONS)
+    train_cfg: TrainConfig = cfg["train"]
+    data: DataConfig = cfg["data"]
+    model_cfg: ModelConfig = cfg["model"]
+    dmd: DMDConfig = cfg["dmd"]
+    over: dict[str, Any] = {}
+    if args.smoke:
+        s: SmokeConfig = cfg["smoke"]
+        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0, log_every=1,
+                    warmup_steps=0)
+        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length})
+    if args.max_steps is not None:
+        over["max_steps"] = args.max_steps
+    if args.out:
+        over["output_dir"] = args.out
+    if args.init:
+        model_cfg = dataclass_from_dict(ModelConfig, {**vars(model_cfg), "init": args.init})
+    if args.teacher:
+        dmd.teacher = args.teacher
+    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+
+    comp = build_components(model_cfg)  # generator (+ the shared frozen VAE and text encoder)
+    comp.text_encoder.requires_grad_(False)
+    gen = TextDiT(comp.transformer, None)
+    real = TextDiT(load_stage(dmd.teacher).transformer.requires_grad_(False).eval(), None)
+    critic = TextDiT(load_stage(dmd.teacher).transformer, None)
+    out = Path(train_cfg.output_dir)
+    data_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
+
+    opts = {
+        "generator": torch.optim.AdamW([p for p in gen.parameters() if p.requires_grad], lr=train_cfg.lr,
+                                       betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay),
+        "critic": torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=dmd.critic_lr,
+                                    betas=tuple(dmd.critic_betas), weight_decay=train_cfg.weight_decay),
+    }
+
+    def eval_fn(trainer: Trainer) -> dict[str, Any]:
+        if not trainer.accelerator.is_main_process:
+            return {}
+        dest = export_stage(trainer, "generator", comp, out / "latest")
+        plot_curves(out / "log.csv", ["gen_loss", "critic_loss"], out / "loss.png",
+                    f"DMD {comp.preset.name} (tau={dmd.tau})")
+        return {"exported": str(dest)}
+
+    trainer = Trainer(train_cfg, {"generator": gen, "critic": critic, "teacher": real},
+                      make_step_fn(comp, dmd, train_cfg.seed), data_ds, optimizers=opts, eval_fn=eval_fn)
+    res = trainer.train(resume=args.resume, until=args.until)
+    if trainer.accelerator.is_main_process:
+        card = (f"# GR-DMD generator ({comp.preset.name})\n\nGenerator from `{model_cfg.init}`, teacher "
+                f"`{dmd.teacher}`, tau={dmd.tau}, reward={dmd.reward.kind}; {res['step']} steps, "
+                f"{res['elapsed_s']:.0f} s CPU.\n")
+        export_stage(trainer, "generator", comp, out / "final", card)
+        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+        print(json.dumps({k: res[k] for k in ("step", "samples_seen", "elapsed_s", "gen_loss", "critic_loss")
+                          if k in res}))
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

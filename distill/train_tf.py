@@ -1,0 +1,174 @@
+"""Stage 2a: in-context teacher forcing (paper §1.5) turns the bidirectional teacher into a block-causal student.
+
+    python -m distill.train_tf --config distill/configs/tf_tiny.yaml [--resume] [--out DIR] [--max-steps N]
+    python -m distill.train_tf --config distill/configs/tf_smoke.yaml --smoke         # < 1 min on CPU
+    accelerate launch --multi_gpu --num_processes 4 -m distill.train_tf --config distill/configs/tf_wan2.2-5b.yaml
+
+Sequence `[clean: ref, garment, video] ++ [noisy: ref, garment, video]`; both halves use the same RoPE frame
+positions; the clean half has t = 0, each noisy video chunk draws its own timestep (diffusion forcing); attention
+follows `teacher_forcing_mask` (dense on CPU) or the equivalent FlexAttention block mask on GPU. The loss is the
+bell-weighted flow-matching MSE on the noisy video tokens only. The text encoder is frozen (the teacher's).
+
+Outputs: `step_*/`, `log.csv`, `latest/` (stage folder, EMA weights, refreshed at every eval), `final/`, `loss.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fashionchameleon.attention import flex_block_mask, teacher_forcing_mask
+from fashionchameleon.sampling import FlowMatching
+from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
+from teacher.common import (DataConfig, ModelConfig, Triplets, build_components, build_dataset, drop_prompts,
+                            encode_batch, export_stage, per_frame_bell_mse, plot_curves, wrap)
+
+
+@dataclass
+class SmokeConfig:
+    max_steps: int = 4
+    batch_size: int = 2
+    train_length: int = 8
+
+
+SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "smoke": SmokeConfig}
+
+
+class TFMask:
+    """The in-context teacher-forcing mask for a sequence shape, built once (dense, or flex on CUDA)."""
+
+    def __init__(self, chunk_frames: int, cond_frames: int):
+        self.chunk, self.cond = chunk_frames, cond_frames
+        self._cache: dict[tuple, Any] = {}
+
+    def __call__(self, frames: int, tokens_per_frame: int, device: torch.device, flex: bool):
+        key = (frames, tokens_per_frame, str(device), flex)
+        if key not in self._cache:
+            if flex:
+                m = flex_block_mask("teacher_forcing", frames, tokens_per_frame, self.chunk, self.cond, device=device)
+            else:
+                m = teacher_forcing_mask(frames, tokens_per_frame, self.chunk, self.cond, device=device)
+            self._cache = {key: m}
+        return self._cache[key]
+
+
+def chunk_timesteps(fm: FlowMatching, batch: int, frames: int, chunk: int, device) -> torch.Tensor:
+    """Diffusion forcing: one timestep per chunk, repeated over its frames -> `[B, frames]`."""
+    n = -(-frames // chunk)
+    t = fm.sample_train_timesteps((batch, n), device=device)
+    return t.repeat_interleave(chunk, dim=1)[:, :frames]
+
+
+def tf_forward(transformer, ref: torch.Tensor, gar: torch.Tensor, clean: torch.Tensor, x_t: torch.Tensor,
+               t_video: torch.Tensor, text: torch.Tensor, mask) -> torch.Tensor:
+    """Flow prediction for the noisy video frames of `[clean ref, gar, video] ++ [ref, gar, x_t]`."""
+    b = clean.shape[0]
+    cond = ref.shape[2] + gar.shape[2]
+    clean_half = torch.cat([ref, gar, clean], dim=2)
+    noisy_half = torch.cat([ref, gar, x_t], dim=2)
+    frames = clean_half.shape[2]
+    hidden = torch.cat([clean_half, noisy_half], dim=2)
+    zeros = t_video.new_zeros(b, frames + cond)
+    timestep = torch.cat([zeros, t_video], dim=1)  # clean half and the noisy conditions at t = 0
+    pos = torch.arange(frames)
+    out = transformer(hidden, timestep, text, frame_positions=torch.cat([pos, pos]), attention_mode="block_causal",
+                      attention_mask=mask).sample
+    return out[:, :, frames + cond:]
+
+
+def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int,
+            noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None) -> torch.Tensor:
+    b, _, f = vid.shape[:3]
+    if t_video is None:
+        t_video = chunk_timesteps(fm, b, f, chunk, vid.device)
+    if noise is None:
+        noise = torch.randn_like(vid)
+    x_t = fm.add_noise(vid, noise, t_video)
+    _, ph, pw = transformer.config.patch_size
+    tpf = (vid.shape[3] // ph) * (vid.shape[4] // pw)
+    frames = ref.shape[2] + gar.shape[2] + f
+    flex = vid.is_cuda and transformer.attn_backend == "flex"
+    mask = masks(frames, tpf, vid.device, flex)  # both builders take the per-half frame count
+    pred = tf_forward(transformer, ref, gar, vid, x_t, t_video, text, mask)
+    return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video)
+
+
+def make_step_fn(comp, data: DataConfig):
+    fm, vae, text_enc = comp.fm, comp.vae, comp.text_encoder
+    stream = comp.preset.stream
+    masks = TFMask(stream.chunk_frames, stream.cond_frames)
+
+    def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
+        model = ctx.models["student"]
+        ref, gar, vid = encode_batch(vae, batch, ctx.device)
+        with torch.no_grad():
+            text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)
+        loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames)
+        return {"loss": loss}
+
+    return step_fn
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out")
+    ap.add_argument("--init", help="teacher stage folder (overrides model.init)")
+    ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--until", type=int)
+    args = ap.parse_args(argv)
+
+    cfg = load_yaml_config(args.config, SECTIONS)
+    train_cfg: TrainConfig = cfg["train"]
+    data: DataConfig = cfg["data"]
+    model_cfg: ModelConfig = cfg["model"]
+    over: dict[str, Any] = {}
+    if args.smoke:
+        s: SmokeConfig = cfg["smoke"]
+        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0, log_every=1,
+                    warmup_steps=min(train_cfg.warmup_steps, s.max_steps // 2))
+        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length})
+    if args.max_steps is not None:
+        over["max_steps"] = args.max_steps
+    if args.out:
+        over["output_dir"] = args.out
+    if args.init:
+        model_cfg = dataclass_from_dict(ModelConfig, {**vars(model_cfg), "init": args.init})
+    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+
+    comp = build_components(model_cfg)
+    out = Path(train_cfg.output_dir)
+    train_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
+
+    def eval_fn(trainer: Trainer) -> dict[str, Any]:
+        if not trainer.accelerator.is_main_process:
+            return {}
+        dest = export_stage(trainer, "student", comp, out / "latest")
+        plot_curves(out / "log.csv", ["loss"], out / "loss.png", f"teacher forcing {comp.preset.name}: FM loss")
+        trainer.models["student"].train()
+        return {"exported": str(dest)}
+
+    trainer = Trainer(train_cfg, {"student": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
+    res = trainer.train(resume=args.resume, until=args.until)
+    if trainer.accelerator.is_main_process:
+        card = (f"# Teacher-forcing student ({comp.preset.name})\n\nInitialised from `{model_cfg.init}`; "
+                f"{res['step']} steps, {res['samples_seen']} samples, {res['elapsed_s']:.0f} s CPU; "
+                f"final FM loss {res.get('loss', float('nan')):.4f}.\n")
+        export_stage(trainer, "student", comp, out / "final", card)
+        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+        print(json.dumps({k: res[k] for k in ("step", "samples_seen", "elapsed_s", "loss") if k in res}))
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
