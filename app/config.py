@@ -54,4 +54,5 @@ class AppConfig:
     max_uploads: int = 64
     ui_path: str = "/"
     stats_poll_ms: int = 500
+    gallery_height_px: int = 200
     images: ImageLimits = field(default_factory=ImageLimits)

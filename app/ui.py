@@ -70,11 +70,11 @@ def build_blocks(manager: SessionManager, catalog: Catalog, cfg: AppConfig) -> g
             with gr.Column(scale=2):
                 refs = _gallery(catalog, "reference")
                 ref_gallery = gr.Gallery(refs, label="Reference person" + ("" if refs else " (none bundled: upload one)"),
-                                         columns=4, height="auto", fit_columns=False, allow_preview=False,
+                                         columns=4, height=cfg.gallery_height_px, fit_columns=False, allow_preview=False,
                                          elem_id="fc-references")
                 ref_upload = gr.UploadButton("Upload reference", file_types=["image"], elem_id="fc-ref-upload")
                 garment_gallery = gr.Gallery(_gallery(catalog, "garment"), label="Garments (click to swap live)",
-                                             columns=4, height="auto", fit_columns=False, allow_preview=False,
+                                             columns=4, height=cfg.gallery_height_px, fit_columns=False, allow_preview=False,
                                              elem_id="fc-garments")
                 garment_upload = gr.UploadButton("Upload garment", file_types=["image"], elem_id="fc-garment-upload")
                 selection = gr.Markdown(_selection(catalog.default_id("reference"), catalog.default_id("garment")),
