@@ -1,0 +1,176 @@
+"""Folder format: synth_folder round trip, validation of bad folders, skip_bad, CLI, WorldDataset."""
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fashionchameleon.data import DataError, FolderDataset, WorldDataset
+from fashionchameleon.data.folder import META_FILE, read_video, write_video
+from fashionchameleon.data.synth import main, synth_folder
+
+SIZE = (64, 48)
+FRAMES = 5
+CLIPS = 8
+SEED = 123
+MIN_PSNR_DB = 28.0  # crf-18 H.264 at this tiny size (chroma subsampling dominates)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synth_folder(str(root), CLIPS, seed=SEED, size=SIZE, frames=FRAMES)
+    return root
+
+
+@pytest.fixture
+def folder(base, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(base, dst)
+    return dst
+
+
+def _rows(root):
+    with open(root / META_FILE, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_round_trip(base):
+    ds = FolderDataset(base, size=SIZE, frames=FRAMES)
+    assert len(ds) == CLIPS
+    ds.validate()
+    world = WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED)
+    for i in (0, CLIPS - 1):
+        x, y = ds[i], world[i]
+        assert x["reference"].shape == (3,) + SIZE and x["garment"].shape == (3,) + SIZE
+        assert x["video"].shape == (3, FRAMES) + SIZE
+        assert x["row"] == i and x["prompt"] == y["prompt"]
+        for k in ("reference", "garment", "video"):
+            assert x[k].dtype == torch.float32 and x[k].min() >= -1 and x[k].max() <= 1
+        # PNGs are lossless; the video went through H.264
+        assert torch.equal(x["reference"], y["reference"]) and torch.equal(x["garment"], y["garment"])
+        mse = ((x["video"] - y["video"]) / 2).pow(2).mean().item()
+        assert 10 * np.log10(1 / mse) > MIN_PSNR_DB
+    gt = ds.load_gt(2)
+    assert gt["masks"].shape == (FRAMES,) + SIZE and gt["keypoints"].shape[:1] == (FRAMES,)
+    assert str(gt["split"]) == "train" and int(gt["garment_id"]) != int(gt["ref_garment_id"])
+
+
+def test_resize_on_read(base):
+    """Preprocessing: reference/video fit-cropped, garment letterboxed on white."""
+    ds = FolderDataset(base, size=(48, 48), frames=FRAMES)
+    x = ds[0]
+    assert x["reference"].shape == (3, 48, 48) and x["video"].shape == (3, FRAMES, 48, 48)
+    # portrait garment into a square: white bars left and right
+    g = x["garment"]
+    assert torch.all(g[:, :, 0] == 1) and torch.all(g[:, :, -1] == 1)
+    # fewer frames than stored is fine
+    assert FolderDataset(base, size=SIZE, frames=1)[0]["video"].shape[1] == 1
+
+
+def _break(folder):
+    """Three distinct problems: missing garment (row 2), corrupt reference (row 3), short video (row 4)."""
+    rows = _rows(folder)
+    os.remove(folder / rows[2]["cloth_image"])
+    (folder / rows[3]["src_image"]).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    frames = read_video(str(folder / rows[4]["video"]), FRAMES)
+    write_video(str(folder / rows[4]["video"]), frames[:2], fps=16, crf=18)
+    return rows
+
+
+def test_bad_rows_raise_with_row_and_file(folder):
+    rows = _break(folder)
+    ds = FolderDataset(folder, size=SIZE, frames=FRAMES)
+    ds[1]  # good rows still load
+    for row, key, words in ((2, "cloth_image", "missing file"), (3, "src_image", "cannot decode image"),
+                            (4, "video", "has 2 frames, need 5")):
+        with pytest.raises(DataError) as e:
+            ds[row]
+        msg = str(e.value)
+        assert f"row {row}" in msg and rows[row][key] in msg and words in msg
+    with pytest.raises(DataError) as e:
+        ds.validate()
+    assert all(f"row {r}" in str(e.value) for r in (2, 3, 4))
+
+
+def test_corrupt_video(folder):
+    rows = _rows(folder)
+    (folder / rows[5]["video"]).write_bytes(os.urandom(2048))
+    with pytest.raises(DataError, match=r"row 5 .*cannot decode video .*video/000005\.mp4"):
+        FolderDataset(folder, size=SIZE, frames=FRAMES)[5]
+
+
+def test_skip_bad(folder):
+    _break(folder)
+    ds = FolderDataset(folder, size=SIZE, frames=FRAMES, skip_bad=True)
+    assert [r for r, _ in ds.bad_rows] == [2, 3, 4]
+    assert all(f"row {r}" in reason for r, reason in ds.bad_rows)
+    assert len(ds) == CLIPS - 3
+    assert [ds[i]["row"] for i in range(len(ds))] == [0, 1, 5, 6, 7]
+
+
+def _rewrite(folder, header, rows):
+    with open(folder / META_FILE, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_missing_column(folder):
+    rows = _rows(folder)
+    _rewrite(folder, ["src_image", "cloth_image", "prompt"], [[r["src_image"], r["cloth_image"], r["prompt"]]
+                                                               for r in rows])
+    with pytest.raises(DataError, match=r"header row is missing column\(s\) \['video'\]"):
+        FolderDataset(folder, size=SIZE, frames=FRAMES)
+
+
+def test_short_row(folder):
+    rows = _rows(folder)
+    header = ["src_image", "cloth_image", "video", "prompt"]
+    table = [[r[k] for k in header] for r in rows]
+    table[6] = table[6][:2]  # video and prompt cells missing
+    _rewrite(folder, header, table)
+    ds = FolderDataset(folder, size=SIZE, frames=FRAMES)
+    with pytest.raises(DataError, match=r"row 6 \(meta_data.csv line 8\).*missing value.*'video'"):
+        ds[6]
+    ok = FolderDataset(folder, size=SIZE, frames=FRAMES, skip_bad=True)
+    assert [r for r, _ in ok.bad_rows] == [6] and len(ok) == CLIPS - 1
+
+
+def test_missing_metadata(tmp_path):
+    with pytest.raises(DataError, match="missing metadata file"):
+        FolderDataset(tmp_path, size=SIZE, frames=FRAMES)
+
+
+def test_frame_rule(base):
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        FolderDataset(base, size=SIZE, frames=4)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        WorldDataset("train", SIZE, frames=6)
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["synth", "--out", str(out), "--clips", "2", "--seed", "1", "--size", "32x32", "--frames", "5"]) == 0
+    assert len(_rows(out)) == 2 and (out / "video" / "000001.mp4").is_file()
+    out2 = tmp_path / "cli2"  # the top-level CLI may pass the arguments without the sub-command
+    assert main(["--out", str(out2), "--clips", "1", "--size", "32x32", "--frames", "1", "--split", "test"]) == 0
+    assert str(np.load(out2 / "gt" / "000000.npz")["split"]) == "test"
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(out), "--frames", "4"])
+    with pytest.raises(ValueError, match="even"):
+        main(["synth", "--out", str(out), "--size", "33x32"])
+
+
+def test_world_dataset_batches():
+    ds = WorldDataset("val", SIZE, FRAMES, length=4, seed=7)
+    a, b = ds[1], WorldDataset("val", SIZE, FRAMES, length=4, seed=7)[1]
+    assert torch.equal(a["video"], b["video"])
+    assert not torch.equal(a["video"], WorldDataset("val", SIZE, FRAMES, length=4, seed=8)[1]["video"])
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["video"].shape == (2, 3, FRAMES) + SIZE and len(batch["prompt"]) == 2
+    with pytest.raises(IndexError):
+        ds[4]
