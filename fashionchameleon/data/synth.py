@@ -27,6 +27,9 @@ class SynthConfig:
     name_digits: int = 6
 
 
+FRONTAL_MOTIONS = ("pose", "walk_in_place", "wave_right", "sway", "swing_arms", "wave_left")
+
+
 @dataclass(frozen=True)
 class AssetsConfig:
     size: tuple[int, int] = (WorldConfig.height, WorldConfig.width)
@@ -98,7 +101,9 @@ def make_assets(out_dir: str = "assets", world: MannequinWorld | None = None,
         s = world.triplet_seeds(i, "test")
         person, lower = world.sample_person(s["person"]), world.sample_lower_garment(s["lower"])
         upper = world.sample_upper_garment(s["upper"])
-        bg, motion = world.sample_background(s["background"]), world.sample_motion(s["motion"])
+        # demo references should face the camera near the centre: cycle through the frontal motions
+        name = FRONTAL_MOTIONS[i % len(FRONTAL_MOTIONS)]
+        bg, motion = world.sample_background(s["background"]), world.sample_motion(s["motion"], name=name)
         frame, _ = world.render_frames(person, upper, lower, bg, motion, 1, size)
         name = f"ref_{i:02d}.png"
         _write_png(os.path.join(ref_dir, name), frame[0])
