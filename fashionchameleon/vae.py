@@ -50,6 +50,8 @@ def check_vae_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"VAE directory not found: {p}")
+    if not (p / "config.json").is_file() and (p / "vae" / "config.json").is_file():
+        p = p / "vae"  # a diffusers pipeline folder
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in VAE directory {p}")
     if not any(p.glob("*.safetensors")):

@@ -84,9 +84,9 @@ def test_wan_stream_decode_matches_one_shot(wan, chunks):
 
 def test_wan_save_load_round_trip(tmp_path):
     v = _wan(Z16, seed=3)
-    v.save_pretrained(tmp_path / "wan")
-    assert list((tmp_path / "wan").glob("*.safetensors"))
-    w = load_vae(tmp_path / "wan")
+    v.save_pretrained(tmp_path / "pipe" / "vae")
+    assert list((tmp_path / "pipe" / "vae").glob("*.safetensors"))
+    w = load_vae(tmp_path / "pipe")  # pipeline folder -> its vae/ subfolder
     assert isinstance(w, WanVAE)
     x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     torch.testing.assert_close(w.encode_video(x), v.encode_video(x), atol=0, rtol=0)
