@@ -29,6 +29,7 @@ VIEWPORT = {"width": 1280, "height": 900}
 TIMEOUT_MS = 30000
 MIN_SHOWN_FRAMES = 24
 SAMPLES, SAMPLE_GAP_MS = 12, 40
+RECORD_MS = 1000
 COLOUR_TOL = 16.0  # mean-RGB distance between what the browser shows and what the engine produced
 REACTS_MIN = 8.0  # engine colour shift that counts as "the model follows the garment"
 
@@ -127,12 +128,21 @@ def test_browser_stream_and_swap(tmp_path):
             page.screenshot(path=str(SHOTS / "app_after_swap.png"))
             stats = manager.stats(sid)
             shown = page.evaluate("window.fc.state.shown")
+            # Record through the Gradio buttons: MP4 + JSON offered for download
+            page.click("#fc-record")
+            page.wait_for_function("document.getElementById('fc-stat-rec').textContent.includes('frames')",
+                                   timeout=TIMEOUT_MS)
+            page.wait_for_timeout(RECORD_MS)
+            page.click("#fc-record-stop")
+            page.wait_for_function("document.querySelectorAll('#fc-rec-files a').length >= 2", timeout=TIMEOUT_MS)
+            links = page.eval_on_selector_all("#fc-rec-files a", "els => els.map(e => e.getAttribute('href') || '')")
             page.click("#fc-stop")
             page.wait_for_function("window.fc.state.sid === ''", timeout=TIMEOUT_MS)
         finally:
             browser.close()
 
     assert shown >= MIN_SHOWN_FRAMES * 2
+    assert any(t.endswith(".mp4") for t in links) and any(t.endswith(".json") for t in links), links
     assert stats["current_garment"] == g_b and stats["last_swap_latency_s"] is not None
     eng_a, eng_b = np.mean(produced[g_a], axis=0), np.mean(produced[g_b], axis=0)
     # the browser shows the engine's frames (not the placeholder, not a stale frame)
