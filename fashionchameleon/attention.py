@@ -10,6 +10,21 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("sdpa", "flex", "xformers")
+_FLEX_COMPILED = None
+
+
+def _flex_eager():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
+
+
+def _flex():
+    """flex_attention compiled once (its eager form materialises the full score matrix)."""
+    global _FLEX_COMPILED
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(_flex_eager(), dynamic=False)
+    return _FLEX_COMPILED
 
 
 def _is_block_mask(mask) -> bool:
@@ -19,9 +34,7 @@ def _is_block_mask(mask) -> bool:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, backend: str = "sdpa") -> torch.Tensor:
     """`q [B, H, Lq, D]`, `k, v [B, H, Lk, D]`; `mask` is None, a dense bool `[Lq, Lk]` or a BlockMask."""
     if _is_block_mask(mask):
-        from torch.nn.attention.flex_attention import flex_attention
-
-        return flex_attention(q, k, v, block_mask=mask)
+        return _flex()(q, k, v, block_mask=mask) if q.is_cuda else _flex_eager()(q, k, v, block_mask=mask)
     if backend == "xformers" and q.is_cuda and mask is None:
         try:
             import xformers.ops as xops

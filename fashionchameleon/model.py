@@ -24,7 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanAttention, WanTimeTextImageEmbedding
 
-from .attention import attention, block_causal_mask
+from .attention import attention, block_causal_mask, flex_block_mask
 from .cache import CacheOp, CrossAttnCache, KVCache
 
 
@@ -328,7 +328,10 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
         if mask is None and mode == "block_causal":
             if chunk_frames is None:
                 raise ValueError("block_causal attention needs chunk_frames")
-            mask = block_causal_mask(pf, tpf, chunk_frames, cond_frames, device=x.device)
+            if self.attn_backend == "flex" and x.is_cuda:
+                mask = flex_block_mask("block_causal", pf, tpf, chunk_frames, cond_frames, device=x.device)
+            else:
+                mask = block_causal_mask(pf, tpf, chunk_frames, cond_frames, device=x.device)
         ctx = _ForwardContext(mask=mask, kv_cache=kv_cache if mode == "cached" else None, cache_op=cache_op,
                               cross_cache=crossattn_cache, backend=self.attn_backend)
 
