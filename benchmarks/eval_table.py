@@ -1,0 +1,166 @@
+"""Policy x model ablation on the held-out benchmark; writes the markdown table into docs/EVAL.md.
+
+    python benchmarks/eval_table.py --model tf=assets/checkpoints/student_tf --model dmd0.2=... --cases 100
+    python benchmarks/eval_table.py            # every checkpoint found under assets/checkpoints/
+
+Each (model, policy) run is cached as JSON in --json-dir, so an interrupted table resumes. Models that were asked
+for but are missing are listed as such in the table instead of silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fashionchameleon import evaluate as E  # noqa: E402
+from fashionchameleon.reschedule import POLICIES  # noqa: E402
+from fashionchameleon.stream import ASSETS_DIR, PRESET_FILE, StreamingEngine  # noqa: E402
+
+START, END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
+# (summary key, column title, statistic, format)
+COLUMNS = (
+    ("fidelity", "garment fidelity ↑", "mean", "{:.3f}"),
+    ("fidelity_after_swap", "fidelity after swap ↑", "mean", "{:.3f}"),
+    ("swap_success", "swap success ↑", "mean", "{:.2f}"),
+    ("initial_success", "initial success ↑", "mean", "{:.2f}"),
+    ("non_target", "non-target pres. ↑", "mean", "{:.3f}"),
+    ("identity", "identity ↑", "mean", "{:.3f}"),
+    ("continuity_kp", "continuity (landmarks, median) →1", "median", "{:.2f}"),
+    ("continuity_px", "continuity (pixels, median) →oracle", "median", "{:.2f}"),
+    ("flicker", "flicker ↓", "mean", "{:.2f}"),
+    ("drift", "drift 50→1000 ↓", "mean", "{:+.3f}"),
+    ("swap_delay_frames", "swap delay (frames)", "mean", "{:.1f}"),
+    ("fps", "FPS (2-core CPU, shared)", "mean", "{:.1f}"),
+)
+
+
+def find_checkpoints() -> dict[str, Path]:
+    root = ASSETS_DIR / "checkpoints"
+    return {p.name: p for p in sorted(root.glob("*")) if (p / PRESET_FILE).is_file()} if root.is_dir() else {}
+
+
+def fmt(stat: dict, which: str, f: str, show_std: bool) -> str:
+    if not stat or not stat.get("n"):
+        return "–"
+    s = f.format(stat[which])
+    if show_std and which == "mean":
+        s += f" ± {stat['std']:.2f}"
+    return s
+
+
+def table(rows: list[tuple[str, dict]], missing: list[str]) -> str:
+    head = "| model | policy | cases (long) | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for model, res in rows:
+        s = res["summary"]
+        cells = [fmt(s.get(k), which, f, k in ("fidelity", "swap_success", "non_target", "identity"))
+                 for k, _, which, f in COLUMNS]
+        lines.append(f"| {model} | {res['policy']} | {res['cases']} ({res['long_cases']}) | " + " | ".join(cells) + " |")
+    for m in missing:
+        lines.append(f"| {m} | – | not available | " + " | ".join("–" for _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def accuracy_table(acc: dict | None) -> str:
+    if not acc:
+        return "(evaluator accuracy unavailable: no metrics.json next to the evaluator weights)"
+    from fashionchameleon.data.world import LABELS
+
+    lines = ["| input | mIoU | pixel acc | " + " | ".join(f"IoU {c}" for c in LABELS) + " | landmark err (px) |",
+             "|---|---|---|" + "---|" * len(LABELS) + "---|"]
+    for name in ("clean", "blur1"):
+        a = acc[name]
+        lines.append(f"| {name} | {a['miou']:.3f} | {a['pixel_acc']:.3f} | "
+                     + " | ".join(f"{a['iou'][c]:.3f}" for c in LABELS) + f" | {a['landmark_err_px']:.2f} |")
+    return "\n".join(lines) + f"\n\n{acc['frames']} held-out {acc['split'].upper()}-split frames."
+
+
+def write_md(path: Path, block: str) -> None:
+    text = path.read_text() if path.is_file() else "# Evaluation\n\n"
+    new = f"{START}\n{block}\n{END}"
+    if START in text and END in text:
+        pre, rest = text.split(START, 1)
+        text = pre + new + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + new + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", default=[], help="name=DIR (repeatable)")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--cases", type=int, default=100, help="cases for the first model")
+    ap.add_argument("--cases-other", type=int, default=None, help="cases for the other models (default --cases)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-oracle", action="store_true", help="skip the ground-truth-render row")
+    ap.add_argument("--random-weights", action="store_true", help="add a random-weights tiny engine row")
+    ap.add_argument("--json-dir", default="/tmp/fashionchameleon_eval")
+    ap.add_argument("--md", default=str(REPO / "docs" / "EVAL.md"))
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    models, missing = {}, []
+    for spec in a.model:
+        name, _, d = spec.partition("=")
+        if (Path(d) / PRESET_FILE).is_file():
+            models[name] = Path(d)
+        else:
+            missing.append(f"{name} (`{d}` not found)")
+    if not a.model:
+        models = {k: v for k, v in find_checkpoints().items()}
+    policies = [p for p in a.policies.split(",") if p]
+    ev = E.Evaluator()
+    cfg = E.BenchConfig()
+    jdir = Path(a.json_dir)
+    jdir.mkdir(parents=True, exist_ok=True)
+    runs: list[tuple[str, str, int]] = []
+    if not a.no_oracle:
+        runs.append(("oracle (GT render)", "oracle", a.cases))
+    for i, name in enumerate(models):
+        n = a.cases if i == 0 else (a.cases_other or a.cases)
+        runs += [(name, p, n) for p in policies]
+    if a.random_weights:
+        runs += [("random-weights tiny", p, a.cases_other or a.cases) for p in policies]
+    rows = []
+    for name, policy, n in runs:
+        out = jdir / f"{name.split()[0]}_{policy}_n{n}_s{a.seed}.json"
+        if out.is_file():
+            res = json.loads(out.read_text())
+        else:
+            engine = None
+            if name in models:
+                engine = StreamingEngine.from_checkpoint(models[name])
+            elif name.startswith("random"):
+                engine = StreamingEngine.from_preset("tiny", random_weights=True)
+            cases = E.build_cases(n, a.seed, cfg)
+            t0 = time.time()
+            res = E._jsonable(E.evaluate(engine, policy, cases, ev, cfg))
+            res["wall_s"] = time.time() - t0
+            out.write_text(json.dumps(res))
+            print(f"{name} / {policy}: {n} cases in {res['wall_s']:.0f}s", file=sys.stderr, flush=True)
+        rows.append((name, res))
+    block = "\n\n".join([
+        f"Generated by `benchmarks/eval_table.py` on {time.strftime('%Y-%m-%d')}; case-set seed {a.seed}, "
+        f"TEST split, short cases {cfg.short_frames} frames, every {cfg.long_every}th case {cfg.long_frames} frames.",
+        "Models available: " + (", ".join(f"`{k}` (`{v}`)" for k, v in models.items()) or "none") +
+        (". Not available: " + ", ".join(missing) if missing else "") + ".",
+        table(rows, missing),
+        "### Evaluation model held-out accuracy",
+        accuracy_table(ev.accuracy()),
+    ])
+    write_md(Path(a.md), block)
+    print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
