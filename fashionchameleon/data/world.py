@@ -441,19 +441,16 @@ def _apply_pattern(img, lab, p, t):
     x0, y0, x1, y1 = p.bbox[t]
     if x1 <= x0 or y1 <= y0:
         return
-    m = lab[y0:y1, x0:x1] == p.label
+    m = cv2.compare(lab[y0:y1, x0:x1], p.label, cv2.CMP_EQ)
     M = p.M[t].copy()
     M[:, 2] += M[:, 0] * x0 + M[:, 1] * y0
     warped = cv2.warpAffine(p.tile, M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                             borderMode=cv2.BORDER_WRAP)
-    roi = img[y0:y1, x0:x1]
-    roi[m] = warped[m]
+    cv2.copyTo(warped, m, img[y0:y1, x0:x1])  # writes into the view (numpy masking is ~5x slower)
 
 
-def _label_lut(n_ids: int) -> np.ndarray:
-    lut = np.arange(256, dtype=np.uint8)
-    lut[_FIRST_PATTERN_ID:] = UPPER  # only upper garments carry patterns
-    return lut
+_LABEL_LUT = np.arange(256, dtype=np.uint8)
+_LABEL_LUT[_FIRST_PATTERN_ID:] = UPPER  # only upper garments carry patterns
 
 
 # ----------------------------------------------------------------------------- textures
@@ -638,16 +635,12 @@ class MannequinWorld:
         if upper is not None:
             self._upper_parts(canvas, upper, person, rig)
         out = np.empty((frames, H, W, 3), np.uint8)
+        out[:] = background.color if bg_rows is None else bg_rows[:, :, None, :]
         fine = np.zeros((frames, H, W), np.uint8)
         orders = self._draw_orders(rig)
         for i in range(frames):
-            img = out[i]
-            if bg_rows is None:
-                img[:] = background.color
-            else:
-                img[:] = bg_rows[i][:, None, :]
-            canvas.draw(img, fine[i], i, orders[i])
-        masks = _label_lut(canvas.next_pattern_id)[fine]
+            canvas.draw(out[i], fine[i], i, orders[i])
+        masks = cv2.LUT(fine.reshape(frames * H, W), _LABEL_LUT).reshape(frames, H, W)
         gt = {
             "keypoints": rig["keypoints"].astype(np.float32), "masks": masks,
             "garment_id": None if upper is None else upper.id, "lower_garment_id": None if lower is None else lower.id,
