@@ -1,0 +1,206 @@
+"""Stage 2 (teacher forcing, GR-DMD) and stage 3 (export): numeric checks on the `test` preset, CPU, seconds each."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill import export, train_dmd, train_tf
+from distill.dmd import dmd_gradient, weighted_dmd_loss
+from distill.reward import (RewardConfig, chunk_rewards, chunk_weights, colour_fidelity, per_chunk, per_latent,
+                            sharpness)
+from distill.rollout import draw_exit_step, rollout
+from distill.train_tf import TFMask, tf_forward
+from fashionchameleon.configs import get_preset
+from fashionchameleon.stream import StreamingEngine
+from teacher import train_teacher
+from teacher.common import ModelConfig, build_components, load_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    train_teacher.main(["--config", str(ROOT / "teacher/configs/smoke.yaml"), "--smoke", "--out", str(root / "t")])
+    tf = train_tf.main(["--config", str(ROOT / "distill/configs/tf_smoke.yaml"), "--smoke", "--out", str(root / "tf"),
+                        "--init", str(root / "t/final")])
+    return root, tf
+
+
+def _dmd_args(root, out):
+    return ["--config", str(ROOT / "distill/configs/dmd_smoke.yaml"), "--smoke", "--out", str(out),
+            "--init", str(root / "tf/final"), "--teacher", str(root / "t/final")]
+
+
+def test_tf_and_dmd_smoke_write_loadable_checkpoints(stages, tmp_path):
+    root, tf = stages
+    assert tf["step"] == 4 and np.isfinite(tf["loss"])
+    load_stage(root / "tf/final")
+    res = train_dmd.main(_dmd_args(root, tmp_path / "dmd"))
+    assert res["step"] == 6 and np.isfinite(res["critic_loss"]) and np.isfinite(res["gen_loss"])
+    eng = StreamingEngine.from_checkpoint(tmp_path / "dmd/final")
+    frames = list(eng.new_session().start(np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8),
+                                          "walks forward", max_frames=5))
+    assert len(frames) == 5
+    # the generator moved, the frozen VAE did not
+    g0, g1 = load_stage(root / "tf/final"), load_stage(tmp_path / "dmd/final")
+    a, b = g0.transformer.state_dict(), g1.transformer.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    va, vb = g0.vae.state_dict(), g1.vae.state_dict()
+    assert all(torch.equal(va[k], vb[k]) for k in va)
+
+
+def test_dmd_resume_continues_exactly(stages, tmp_path):
+    root, _ = stages
+    full = tmp_path / "full"
+    train_dmd.main(_dmd_args(root, full))
+    part = tmp_path / "part"
+    train_dmd.main(_dmd_args(root, part) + ["--until", "3"])
+    res = train_dmd.main(_dmd_args(root, part) + ["--resume"])
+    assert res["step"] == 6
+    a = load_stage(full / "final").transformer.state_dict()
+    b = load_stage(part / "final").transformer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tf_gradient_only_from_visible_clean_frames():
+    """Noisy chunk j sees clean chunks < j only, so the last clean chunk (and nothing of the noisy conditions'
+    outputs) can influence the loss: its input gradient is exactly zero; earlier clean chunks do get gradient."""
+    comp = build_components(ModelConfig(preset="test"))
+    tr, stream = comp.transformer, comp.preset.stream
+    c, k = stream.chunk_frames, stream.cond_frames
+    g = torch.Generator().manual_seed(0)
+    z = tr.config.in_channels
+    f = 2 * c
+    ref = torch.randn(1, z, 1, 4, 4, generator=g)
+    gar = torch.randn(1, z, 1, 4, 4, generator=g)
+    clean = torch.randn(1, z, f, 4, 4, generator=g, requires_grad=True)
+    x_t = torch.randn(1, z, f, 4, 4, generator=g, requires_grad=True)
+    t = torch.tensor([[300.0] * c + [800.0] * c])
+    mask = TFMask(c, k)(k + f, tr.tokens_per_frame(4, 4), torch.device("cpu"), False)
+    pred = tf_forward(tr, ref, gar, clean, x_t, t, comp.text_encoder(["walks forward"]), mask)
+    assert pred.shape == x_t.shape
+    (pred * torch.randn(pred.shape, generator=g)).sum().backward()
+    gc = clean.grad.abs().sum(dim=(0, 1, 3, 4))
+    assert torch.all(gc[c:] == 0), gc
+    assert torch.all(gc[:c] > 0), gc
+    # noisy chunk j only sees its own noisy frames: d pred[chunk 0] / d x_t[chunk 1] = 0
+    x_t.grad = None
+    clean.grad = None
+    pred = tf_forward(tr, ref, gar, clean, x_t, t, comp.text_encoder(["walks forward"]), mask)
+    pred[:, :, :c].sum().backward()
+    gx = x_t.grad.abs().sum(dim=(0, 1, 3, 4))
+    assert torch.all(gx[c:] == 0) and torch.all(gx[:c] > 0)
+
+
+def test_tau_inf_equals_vanilla_dmd():
+    g = torch.Generator().manual_seed(0)
+    b, z, f, h, w, c = 2, 4, 6, 3, 3, 3
+    x = torch.randn(b, z, f, h, w, generator=g, requires_grad=True)
+    x0_real = torch.randn(b, z, f, h, w, generator=g)
+    x0_fake = torch.randn(b, z, f, h, w, generator=g)
+    rewards = torch.rand(b, f // c, generator=g)
+    grad = dmd_gradient(x, x0_real, x0_fake)
+    # per-sample normalisation (DMD eq. 8)
+    manual = (x0_fake - x0_real) / (x.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    assert torch.allclose(grad, manual)
+    w_inf = chunk_weights(rewards, c, f, math.inf)
+    assert torch.allclose(w_inf, torch.full((b, f), 1 / f))
+    loss = weighted_dmd_loss(x, grad, w_inf)
+    (gx,) = torch.autograd.grad(loss, x)
+    vanilla = 0.5 * F.mse_loss(x, (x - grad).detach())
+    (gv,) = torch.autograd.grad(vanilla, x)
+    assert torch.allclose(loss, vanilla, atol=1e-7) and torch.allclose(gx, gv, atol=1e-9)
+    # finite tau with equal rewards is also vanilla; unequal rewards change the gradient
+    w_eq = chunk_weights(torch.zeros(b, f // c), c, f, 0.2)
+    assert torch.allclose(weighted_dmd_loss(x, grad, w_eq), vanilla, atol=1e-7)
+    (g_rw,) = torch.autograd.grad(weighted_dmd_loss(x, grad, chunk_weights(rewards, c, f, 0.2)), x)
+    assert not torch.allclose(g_rw, gv)
+
+
+def test_softmax_weights_favour_low_reward_chunks():
+    r = torch.tensor([[0.9, 0.1, 0.5]])
+    w = chunk_weights(r, chunk_frames=2, frames=6, tau=0.2)
+    assert torch.allclose(w.sum(1), torch.ones(1))
+    per_c = w.view(1, 3, 2).sum(-1)[0]
+    assert per_c[1] > per_c[2] > per_c[0]
+    assert torch.allclose(w[0, 0], w[0, 1])  # one weight per chunk, broadcast over its frames
+    # ratio follows exp(-dR / tau)
+    assert torch.allclose(per_c[1] / per_c[0], torch.exp(torch.tensor(0.8 / 0.2)))
+    with pytest.raises(ValueError):
+        chunk_weights(r, 2, 6, 0.0)
+
+
+def test_rollout_matches_streaming_session():
+    engine = StreamingEngine.from_preset("test", seed=3)
+    cfg = engine.stream_config
+    rng = np.random.default_rng(0)
+    ref_img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    gar_img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    chunks = 2
+    s = engine.new_session(policy="disentangle")
+    s.begin(ref_img, gar_img, "walks forward", seed=7)
+    for _ in range(chunks):
+        s.step()
+    session_latents = torch.cat(s.history_latents(), dim=2)
+    assert session_latents.shape[2] == chunks * cfg.chunk_frames
+    ref, gar = engine.encode_reference(ref_img), engine.encode_garment(gar_img)
+    text = engine.encode_text("walks forward")
+    with torch.no_grad():
+        out = rollout(engine.transformer, engine.fm, cfg, ref, gar, text, chunks,
+                      generator=torch.Generator().manual_seed(7))
+    ours = torch.cat(out, dim=2)
+    assert torch.allclose(ours, session_latents, atol=1e-5), (ours - session_latents).abs().max()
+
+
+def test_rollout_gradient_only_through_exit_step():
+    comp = build_components(ModelConfig(preset="test"))
+    tr, stream = comp.transformer, comp.preset.stream
+    z = tr.config.in_channels
+    g = torch.Generator().manual_seed(0)
+    ref, gar = torch.randn(1, z, 1, 4, 4, generator=g), torch.randn(1, z, 1, 4, 4, generator=g)
+    text = comp.text_encoder(["walks forward"]).detach()
+    outs = rollout(tr, comp.fm, stream, ref, gar, text, 2, exit_step=1, grad=True, generator=g)
+    assert all(o.requires_grad for o in outs)
+    torch.cat(outs, 2).pow(2).mean().backward()
+    assert tr.proj_out.weight.grad.abs().sum() > 0
+    ex = {draw_exit_step(stream, 0, s) for s in range(64)}
+    assert ex == set(range(len(stream.denoising_steps)))
+    assert draw_exit_step(stream, 0, 5) == draw_exit_step(stream, 0, 5)
+
+
+def test_reward_measures_garment_colour_and_sharpness():
+    cfg = RewardConfig()
+    h = w = 32
+    garment = torch.ones(1, 3, h, w)  # white background
+    garment[:, :, 8:24, 8:24] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # a red shirt
+    grey = torch.zeros(1, 3, 5, h, w)
+    wearing = grey.clone()
+    wearing[:, :, :, 10:20, 10:20] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1, 1)
+    assert colour_fidelity(wearing, garment, cfg).min() > 0.9
+    assert colour_fidelity(grey, garment, cfg).max() < 0.1
+    blurry = F.avg_pool3d(wearing, (1, 5, 5), stride=1, padding=(0, 2, 2))
+    assert (sharpness(wearing, cfg) > sharpness(blurry, cfg)).all()
+    # per latent frame: frame 0 alone, then groups of temporal_factor; then per chunk
+    lat = per_latent(torch.arange(9.0)[None], 4)
+    assert torch.allclose(lat, torch.tensor([[0.0, 2.5, 6.5]]))
+    assert torch.allclose(per_chunk(torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]), 2), torch.tensor([[1.5, 3.5, 5.0]]))
+    clip = torch.cat([grey[:, :, :1], wearing[:, :, :4], grey[:, :, :4]], dim=2)  # 9 frames = 3 latents
+    r = chunk_rewards(clip, garment, RewardConfig(kind="colour"), 4, 1)
+    assert r[0, 1] > r[0, 2]
+
+
+def test_export_writes_streaming_checkpoint(stages, tmp_path):
+    root, _ = stages
+    out = tmp_path / "ship"
+    res = export.main(["--ckpt", str(root / "tf/final"), "--out", str(out), "--examples", "2", "--chunks", "3",
+                       "--swap-at", "2", "--sheet", str(tmp_path / "s.png")])
+    assert res["fps"] > 0 and 0 <= res["colour_fidelity_before_swap"] <= 1
+    assert (out / "README.md").read_text().startswith("# fashionchameleon-tiny")
+    assert (tmp_path / "s.png").is_file()
+    eng = StreamingEngine.from_checkpoint(out)
+    assert eng.preset.name == get_preset("test").name
