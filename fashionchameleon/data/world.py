@@ -129,6 +129,7 @@ class BodyRanges:
 class GarmentRanges:
     pad: float = 0.008  # garments sit this far outside the skin
     sleeve_pad: float = 0.012
+    neck_gap: float = 0.012  # neckline half width beyond the neck
     tshirt_sleeve: tuple = (0.35, 0.65)  # fraction of the upper arm
     long_sleeve: tuple = (0.88, 1.0)  # fraction of the forearm
     hem: dict = field(default_factory=lambda: {"tshirt": (0.92, 1.04), "longsleeve": (0.94, 1.04),
@@ -146,6 +147,25 @@ class GarmentRanges:
     pants_len: tuple = (0.88, 1.0)  # fraction of the shin
     skirt_len: tuple = (0.45, 1.05)  # fraction of the thigh
     skirt_flare: tuple = (1.15, 1.6)
+
+
+@dataclass(frozen=True)
+class SceneRanges:
+    """Backgrounds, in frame fractions (x of the width, y of the height)."""
+
+    floor_y: tuple = (0.6, 0.8)
+    window_w: tuple = (0.18, 0.32)
+    window_h: tuple = (0.15, 0.28)
+    door_w: tuple = (0.14, 0.22)
+    door_h: tuple = (0.35, 0.5)
+    window_top: float = 0.08  # highest window top
+    window_gap: float = 0.12  # min gap between window bottom and the floor line
+    side_band: float = 0.3  # features sit in the outer 30% of the width, clear of the figure
+    edge: float = 0.02  # min distance of a feature from the frame edge
+    trim: float = 0.012  # baseboard height, window frame and bar width, door knob radius
+    knob_inset: float = 0.02
+    trim_color: tuple = (236, 236, 232)
+    knob_color: tuple = (212, 180, 90)
 
 
 @dataclass(frozen=True)
@@ -489,11 +509,13 @@ class MannequinWorld:
     """Seeded sampler + renderer. All methods are pure functions of their arguments."""
 
     def __init__(self, config: WorldConfig | None = None, body: BodyRanges | None = None,
-                 garments: GarmentRanges | None = None, motions: MotionRanges | None = None):
+                 garments: GarmentRanges | None = None, motions: MotionRanges | None = None,
+                 scene: SceneRanges | None = None):
         self.config = config or WorldConfig()
         self.body = body or BodyRanges()
         self.garments = garments or GarmentRanges()
         self.motions = motions or MotionRanges()
+        self.scene = scene or SceneRanges()
 
     # ---------------------------------------------------------------- sampling
     def sample_person(self, seed: int) -> Person:
@@ -552,16 +574,19 @@ class MannequinWorld:
         c1 = _hsv(rng.random(), rng.uniform(0.05, 0.45), rng.uniform(0.45, 0.97))
         c2 = _hsv(rng.random(), rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.8))
         feature = ("window", "door")[int(rng.integers(2))]
-        floor_y = rng.uniform(0.6, 0.8)
+        sc = self.scene
+        floor_y = _u(rng, sc.floor_y)
         if feature == "window":
             fc = _hsv(rng.uniform(0.5, 0.62), rng.uniform(0.2, 0.5), rng.uniform(0.85, 1.0))
-            w, h = rng.uniform(0.18, 0.32), rng.uniform(0.15, 0.28)
-            y0 = rng.uniform(0.08, max(0.09, floor_y - h - 0.12))
+            w, h = _u(rng, sc.window_w), _u(rng, sc.window_h)
+            y0 = rng.uniform(sc.window_top, max(sc.window_top, floor_y - h - sc.window_gap))
         else:
             fc = _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))
-            w, h = rng.uniform(0.14, 0.22), rng.uniform(0.35, 0.5)
+            w, h = _u(rng, sc.door_w), _u(rng, sc.door_h)
             y0 = floor_y - h
-        x0 = rng.choice([rng.uniform(0.02, 0.3 - w / 2), rng.uniform(0.7 - w / 2, 0.98 - w)])
+        left = rng.uniform(sc.edge, max(sc.edge, sc.side_band - w / 2))
+        right = rng.uniform(1 - sc.side_band - w / 2, 1 - sc.edge - w)
+        x0 = (left, right)[int(rng.integers(2))]
         return Background(id=int(seed), kind=kind, color=c1, color2=c2, floor_y=float(floor_y),
                           feature=feature, feature_color=fc,
                           rect=(float(x0), float(y0), float(x0 + w), float(y0 + h)))
@@ -921,28 +946,28 @@ class MannequinWorld:
         def cam(px):
             return centre + zoom[:, None, None] * (px[None] - centre) + shift[:, None, :]
 
-        margin = max(H, W)
+        sc = self.scene
+        margin = max(H, W)  # floor and baseboard overhang so camera drift never shows their ends
         fy = bg.floor_y * H
+        trim = sc.trim * H
         floor = np.array([[-margin, fy], [W + margin, fy], [W + margin, H + margin], [-margin, H + margin]])
         canvas.poly("bg", cam(floor), bg.color2, None)
-        board = np.array([[-margin, fy - 0.012 * H], [W + margin, fy - 0.012 * H], [W + margin, fy],
-                          [-margin, fy]])
+        board = np.array([[-margin, fy - trim], [W + margin, fy - trim], [W + margin, fy], [-margin, fy]])
         canvas.poly("bg", cam(board), tuple(int(c * 0.8) for c in bg.color), None)
         x0, y0, x1, y1 = bg.rect
         rect = np.array([[x0 * W, y0 * H], [x1 * W, y0 * H], [x1 * W, y1 * H], [x0 * W, y1 * H]])
         if bg.feature == "window":
-            frame_w = 0.012 * H
-            outer = rect + np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * frame_w
-            canvas.poly("bg", cam(outer), (236, 236, 232), None)
+            outer = rect + np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * trim
+            canvas.poly("bg", cam(outer), sc.trim_color, None)
             canvas.poly("bg", cam(rect), bg.feature_color, None)
             mx = (x0 + x1) / 2 * W
-            bar = np.array([[mx - frame_w / 2, y0 * H], [mx + frame_w / 2, y0 * H], [mx + frame_w / 2, y1 * H],
-                            [mx - frame_w / 2, y1 * H]])
-            canvas.poly("bg", cam(bar), (236, 236, 232), None)
+            bar = np.array([[mx - trim / 2, y0 * H], [mx + trim / 2, y0 * H], [mx + trim / 2, y1 * H],
+                            [mx - trim / 2, y1 * H]])
+            canvas.poly("bg", cam(bar), sc.trim_color, None)
         else:
             canvas.poly("bg", cam(rect), bg.feature_color, None)
-            knob = np.array([[x1 * W - 0.02 * W, (y0 + y1) / 2 * H]])
-            canvas.circle("bg", cam(knob)[:, 0], np.full(T, 0.012 * H), (212, 180, 90), None)
+            knob = np.array([[(x1 - sc.knob_inset) * W, (y0 + y1) / 2 * H]])
+            canvas.circle("bg", cam(knob)[:, 0], np.full(T, trim), sc.knob_color, None)
         return None
 
     def _person_parts(self, c: _Canvas, p: Person, rig):
@@ -1010,7 +1035,7 @@ class MannequinWorld:
         L = p.torso_len
         hem = g.hem * L
         hem_w = wa + (hp - wa) * min(1.0, max(0.0, (hem - 0.6 * L) / (0.4 * L)))
-        nw = 0.5 * p.neck_w + 0.012
+        nw = 0.5 * p.neck_w + gr.neck_gap
         if g.type == "tank":
             st = g.strap
             shape = [(-nw - st, -0.004), (-nw, -0.004), (0, g.neck_dip * 1.6), (nw, -0.004), (nw + st, -0.004),
