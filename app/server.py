@@ -161,16 +161,41 @@ def build_app(engine, max_sessions: int | None = None, config: AppConfig | None 
     return app
 
 
+def _parse_extra(argv) -> dict:
+    """Serve options beyond the shared CLI flags (`fashionchameleon serve ... --ice-servers ...`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="fashionchameleon serve", add_help=False)
+    p.add_argument("--ice-servers", default=None, help="TURN/STUN for the browser and server, e.g. "
+                   "'turn:turn.example.com:3478?transport=udp|user|secret' (comma-separated or a JSON list)")
+    p.add_argument("--policy", default=None, help="swap policy (refresh, withdraw, disentangle, recache)")
+    p.add_argument("--random-weights", default=None, metavar="PRESET", help="serve an untrained preset (UI testing)")
+    return vars(p.parse_args(list(argv or [])))
+
+
+def load_engine(checkpoint, device: str, random_preset: str | None = None):
+    from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
+
+    if random_preset:
+        return StreamingEngine.from_preset(random_preset, device=device, random_weights=True)
+    if checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
+        log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
+        return StreamingEngine.from_preset("tiny", device=device, random_weights=True)
+    return StreamingEngine.from_checkpoint(None if checkpoint is None else str(checkpoint), device=device)
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | None = None, max_sessions: int = 2,
-          device: str = "cpu", ice_servers: str | None = None) -> None:
+          device: str = "cpu", ice_servers: str | None = None, argv=None) -> None:
     """Entry point behind `fashionchameleon serve`; blocks until interrupted."""
     import uvicorn
 
-    from fashionchameleon.stream import StreamingEngine
-
     logging.basicConfig(level=logging.INFO)
-    ice_servers = ice_servers if ice_servers is not None else os.environ.get("FC_ICE_SERVERS")
-    engine = StreamingEngine.from_checkpoint(None if checkpoint is None else str(checkpoint), device=device)
+    extra = _parse_extra(argv)
+    ice_servers = ice_servers or extra["ice_servers"] or os.environ.get("FC_ICE_SERVERS")
+    engine = load_engine(checkpoint, device, extra["random_weights"])
     cfg = AppConfig(host=host, port=port)
+    if extra["policy"]:
+        cfg = dataclasses.replace(cfg, policy=extra["policy"])
     app = build_app(engine, max_sessions=max_sessions, config=cfg, checkpoint=checkpoint, ice_servers=ice_servers)
+    log.info("FashionChameleon UI on http://%s:%d/", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")
