@@ -15,7 +15,7 @@ from fashionchameleon.imageops import fit_crop, letterbox_white
 
 from .config import ImageLimits
 from .images import ImageError, load_image_bytes
-from .timeline import IMAGE_SUFFIXES
+from fashionchameleon.timeline import IMAGE_SUFFIXES
 
 KINDS = ("reference", "garment")
 UPLOAD_PREFIX = "upload-"

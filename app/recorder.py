@@ -1,16 +1,14 @@
 """Record the delivered stream (distinct frames, in order) to H.264 MP4 plus a JSON swap timeline."""
 from __future__ import annotations
 
-import fractions
 import logging
 import queue
 import threading
 from pathlib import Path
 from typing import Any
 
-import av
-
-from .timeline import Swap, Timeline, save_timeline
+from fashionchameleon.video import MP4Writer
+from fashionchameleon.timeline import Swap, Timeline, save_timeline
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -43,33 +41,22 @@ class Recorder:
             self.dropped += 1
 
     def _run(self) -> None:
-        container = None
+        writer = None
         try:
-            container = av.open(str(self.mp4_path), mode="w")
-            stream = container.add_stream(self._opts["codec"], rate=fractions.Fraction(self.fps).limit_denominator(1000))
-            stream.pix_fmt = self._opts["pix_fmt"]
-            stream.options = {"crf": str(self._opts["crf"]), "preset": self._opts["preset"]}
-            n = 0
+            writer = MP4Writer(self.mp4_path, self.fps, crf=self._opts["crf"], preset=self._opts["preset"],
+                               codec=self._opts["codec"], pix_fmt=self._opts["pix_fmt"])
             while True:
                 img = self._q.get()
                 if img is _STOP:
                     break
-                if n == 0:
-                    stream.height, stream.width = img.shape[:2]
-                vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-                vf.pts = n
-                for packet in stream.encode(vf):
-                    container.mux(packet)
-                n += 1
-                self.frames = n
-            for packet in stream.encode(None):
-                container.mux(packet)
+                writer.write(img)
+                self.frames = writer.frames
         except Exception as e:
             log.exception("recording failed")
             self.error = str(e)
         finally:
-            if container is not None:
-                container.close()
+            if writer is not None:
+                writer.close()
 
     def stop(self, history: list[Swap], timeout: float | None = None) -> tuple[Path, Path]:
         """Flush, finalise the MP4 (blocking: call from a thread) and write the timeline JSON.

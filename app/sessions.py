@@ -17,7 +17,7 @@ from .catalog import Catalog
 from .config import AppConfig
 from .images import ImageError
 from .recorder import Recorder
-from .timeline import Swap, SwapScheduler, Timeline, TimelineError, parse_schedule
+from fashionchameleon.timeline import Swap, SwapScheduler, Timeline, TimelineError, parse_schedule
 from .webrtc import DeliveryStats, EngineVideoTrack, ice_servers_config
 from .worker import GenerationWorker, StreamHandle, SwapRequest
 

@@ -13,7 +13,7 @@ from .catalog import Catalog  # noqa: E402
 from .config import STATIC_URL, AppConfig  # noqa: E402
 from .images import ImageError  # noqa: E402
 from .sessions import BadRequest, NotFoundError, SessionManager  # noqa: E402
-from .timeline import Timeline, TimelineError, format_schedule  # noqa: E402
+from fashionchameleon.timeline import Timeline, TimelineError, format_schedule  # noqa: E402
 
 VIDEO_PANEL = """
 <div id="fc-panel">

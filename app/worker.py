@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .timeline import SwapScheduler
+from fashionchameleon.timeline import SwapScheduler
 
 log = logging.getLogger(__name__)
 

@@ -40,35 +40,32 @@ def render_main(argv) -> dict:
     if swaps != sorted(swaps) or any(s <= 0 or s >= a.frames for s in swaps):
         p.error("--swap-at frames must be increasing and inside (0, --frames)")
     from .stream import StreamingEngine
+    from .timeline import Swap, SwapScheduler, Timeline, save_timeline
     from .video import MP4Writer
 
     ref = _load_image(a.reference)
-    garments = [_load_image(g) for g in a.garment]
+    garments = {g: _load_image(g) for g in a.garment}
     engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device)
+    timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
+                        policy=a.policy, checkpoint=engine.checkpoint,
+                        swaps=[Swap(0, a.garment[0])] + [Swap(f, g) for f, g in zip(swaps, a.garment[1:])])
+    scheduler = SwapScheduler(timeline.swaps[1:])
     session = engine.new_session(a.policy)
     out = Path(a.out)
-    pending = dict(zip(swaps, range(1, len(garments))))
-    applied = []
+    applied = []  # first frame actually generated in each garment
     with MP4Writer(out, engine.fps) as writer:
-        for fr in session.start(ref, garments[0], a.prompt, seed=a.seed, garment_id=Path(a.garment[0]).stem,
+        for fr in session.start(ref, garments[a.garment[0]], a.prompt, seed=a.seed, garment_id=a.garment[0],
                                 max_frames=a.frames):
             writer.write(fr.image)
-            nxt = fr.index + 1
-            if nxt in pending:  # replay rule: request right before pulling frame `nxt`
-                gi = pending.pop(nxt)
-                session.request_swap(garments[gi], Path(a.garment[gi]).stem)
-            if applied == [] or applied[-1]["garment"] != fr.garment_id:
+            if not applied or applied[-1]["garment"] != fr.garment_id:
                 applied.append({"frame": fr.index, "garment": fr.garment_id})
-    timeline = {
-        "fps": engine.fps, "frames": a.frames, "seed": a.seed, "prompt": a.prompt, "reference": a.reference,
-        "policy": a.policy, "checkpoint": engine.checkpoint,
-        "swaps": [{"frame": 0, "time_s": 0.0, "garment": a.garment[0]}]
-        + [{"frame": f, "time_s": round(f / engine.fps, 4), "garment": a.garment[i + 1]} for i, f in enumerate(swaps)],
-        "applied": applied,
-    }
-    out.with_suffix(".json").write_text(json.dumps(timeline, indent=2))
+            due = scheduler.due(fr.index + 1)  # replay rule: request right before pulling the swap frame
+            if due is not None:
+                session.request_swap(garments[due.garment], due.garment)
+    timeline.extra["applied"] = applied
+    save_timeline(timeline, out.with_suffix(".json"))
     print(f"wrote {out} and {out.with_suffix('.json')} ({a.frames} frames at {engine.fps} fps)")
-    return timeline
+    return timeline.to_dict()
 
 
 def serve_main(argv) -> None:

@@ -12,13 +12,14 @@ import numpy as np
 class MP4Writer:
     """Incremental writer: `write(frame_rgb)` per frame, `close()` at the end."""
 
-    def __init__(self, path: str | Path, fps: int, crf: int = 20, preset: str = "veryfast"):
+    def __init__(self, path: str | Path, fps: float, crf: int = 20, preset: str = "veryfast",
+                 codec: str = "libx264", pix_fmt: str = "yuv420p"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fps = int(fps)
+        self.fps = fps
         self._container = av.open(str(self.path), mode="w", options={"movflags": "faststart"})
-        self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps, 1))
-        self._stream.pix_fmt = "yuv420p"
+        self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        self._stream.pix_fmt = pix_fmt
         self._stream.options = {"crf": str(crf), "preset": preset}
         self._size: tuple[int, int] | None = None
         self.frames = 0
@@ -32,6 +33,7 @@ class MP4Writer:
         if (h, w) != self._size:
             frame = np.pad(frame, ((0, self._size[0] - h), (0, self._size[1] - w), (0, 0)), mode="edge")
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self.frames  # in 1/fps units: the codec time base follows the stream rate
         for pkt in self._stream.encode(vf):
             self._container.mux(pkt)
         self.frames += 1

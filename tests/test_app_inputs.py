@@ -12,7 +12,7 @@ from app.config import AppConfig, ImageLimits
 from app.images import ImageError, load_image_bytes
 from app.loopback import LoopbackViewer
 from app.server import build_app
-from app.timeline import SwapScheduler, Timeline, TimelineError, parse_schedule
+from fashionchameleon.timeline import SwapScheduler, Timeline, TimelineError, parse_schedule
 from fashionchameleon.stream import StreamingEngine
 
 HUGE_SIDE = 20000

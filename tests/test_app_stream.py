@@ -19,7 +19,7 @@ from PIL import Image
 from app.config import AppConfig
 from app.loopback import LoopbackViewer, measure
 from app.server import build_app
-from app.timeline import load_timeline
+from fashionchameleon.timeline import load_timeline
 from app.webrtc import VIDEO_CLOCK_RATE
 from fashionchameleon.stream import StreamingEngine
 

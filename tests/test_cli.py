@@ -52,7 +52,7 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     assert frames.shape[0] == 40
     timeline = json.loads(out.with_suffix(".json").read_text())
     assert [s["frame"] for s in timeline["swaps"]] == [0, 20] and timeline["seed"] == 3
-    assert timeline["applied"][-1]["garment"] == "g2" and timeline["applied"][-1]["frame"] >= 20
+    assert timeline["applied"][-1]["garment"] == g2 and timeline["applied"][-1]["frame"] >= 20
 
 
 def test_render_rejects_bad_arguments(tmp_path, ckpt):
