@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .configs import get_preset
 from .data.world import SPLIT_SEEDS, MannequinWorld
 from .imageops import fit_crop
 
@@ -200,8 +201,9 @@ def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, 
     return out
 
 
-def settle_frames(engine) -> int:
-    p = engine.preset
+def settle_frames(engine=None) -> int:
+    """Pixel frames per chunk (of the engine, or of the shipped "tiny" preset for the oracle)."""
+    p = engine.preset if engine is not None else get_preset("tiny")
     return p.temporal_factor * p.stream.chunk_frames
 
 
@@ -299,8 +301,7 @@ def evaluate(engine, policy: str, cases: list[Case], evaluator: Evaluator | None
     for i, case in enumerate(cases):
         if policy == "oracle":
             size = (world.config.height, world.config.width) if engine is None else (engine.height, engine.width)
-            settle = settle_frames(engine) if engine is not None else 0
-            r = run_oracle(case, evaluator, size, settle * cfg.settle_chunks, cfg, world)
+            r = run_oracle(case, evaluator, size, settle_frames(engine) * cfg.settle_chunks, cfg, world)
         else:
             r = run_case(engine, case, policy, evaluator, cfg, world)
         results.append(r)

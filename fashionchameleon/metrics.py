@@ -395,10 +395,10 @@ def swap_success(fid_new: float, fid_old: float) -> float:
 class SegTrainConfig:
     """Quick CPU training on TRAIN-split renders."""
 
-    pool_frames: int = 2048  # rendered training frames (random clips, random times)
+    pool_frames: int = 3072  # rendered training frames (random clips, random times)
     clip_frames: int = 2  # consecutive frames per rendered clip
     max_start_frame: int = 1200  # clips start anywhere in a long stream
-    steps: int = 1200
+    steps: int = 2000
     batch: int = 12
     lr: float = 3e-3
     weight_decay: float = 1e-4
