@@ -83,7 +83,8 @@ def tf_forward(transformer, ref: torch.Tensor, gar: torch.Tensor, clean: torch.T
 
 
 def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int,
-            noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None) -> torch.Tensor:
+            noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None,
+            weighting: str = "bell") -> torch.Tensor:
     b, _, f = vid.shape[:3]
     if t_video is None:
         t_video = chunk_timesteps(fm, b, f, chunk, vid.device)
@@ -96,7 +97,7 @@ def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, c
     flex = vid.is_cuda and transformer.attn_backend == "flex"
     mask = masks(frames, tpf, vid.device, flex)  # both builders take the per-half frame count
     pred = tf_forward(transformer, ref, gar, vid, x_t, t_video, text, mask)
-    return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video)
+    return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting)
 
 
 def make_step_fn(comp, data: DataConfig):
@@ -109,7 +110,8 @@ def make_step_fn(comp, data: DataConfig):
         ref, gar, vid = encode_batch(vae, batch, ctx.device)
         with torch.no_grad():
             text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)
-        loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames)
+        loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
+                       weighting=data.loss_weighting)
         return {"loss": loss}
 
     return step_fn

@@ -57,6 +57,7 @@ class DataConfig:
     val_seed: int = 12345
     skip_bad: bool = True
     text_dropout: float = 0.1  # empty prompt this often (classifier-free guidance)
+    loss_weighting: str = "bell"  # bell (paper) | uniform (from-scratch CPU demo, see per_frame_bell_mse)
 
     def __post_init__(self):
         if self.source not in ("world", "folder"):
@@ -247,9 +248,22 @@ def cfg_flow(transformer, ref, gar, x_t, t, text_c, text_u, scale: float) -> tor
     return v_u + scale * (v_c - v_u)
 
 
-def per_frame_bell_mse(fm: FlowMatching, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Bell-weighted flow-matching MSE; `t` `[B]` or `[B, f]` (per-frame weights)."""
+LOSS_WEIGHTINGS = ("bell", "uniform")
+
+
+def per_frame_bell_mse(fm: FlowMatching, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                       weighting: str = "bell") -> torch.Tensor:
+    """Flow-matching MSE, bell-weighted per frame (paper) or unweighted; `t` `[B]` or `[B, f]`.
+
+    The bell weight is ~0 near t = 1000: fine when fine-tuning a pretrained video model (the paper), but a model
+    trained from scratch then never learns the high-noise regime where sampling (and the 4-step student) starts,
+    so the CPU demo configs use "uniform".
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
     err = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, f]
+    if weighting == "uniform":
+        return err.mean()
     if t.ndim == 1:
         t = t[:, None].expand_as(err)
     return (fm.bell_weight(t) * err).mean()

@@ -71,7 +71,7 @@ def make_step_fn(comp, data: DataConfig):
         x_t = fm.add_noise(vid, noise, t)
         text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), frozen_text)
         v = incontext_flow(model.transformer, ref, gar, x_t, t, text)
-        loss = per_frame_bell_mse(fm, v, fm.training_target(vid, noise), t)
+        loss = per_frame_bell_mse(fm, v, fm.training_target(vid, noise), t, data.loss_weighting)
         return {"loss": loss}
 
     return step_fn
