@@ -235,7 +235,9 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
     downsampled by pixel-unshuffle stages. Decoder: a 2D pixel-shuffle decoder maps latent i together with the
     `context_latents` previous latents (causal; the stream start repeats latent 0) to `temporal_factor` frames;
     latent 0 keeps only its last frame. The stream decoder carries those previous latents, so chunked decode
-    equals one-shot decode exactly.
+    equals one-shot decode exactly. `shortcut`: a parameter-free path puts each cell's mean colour in the first
+    latent channels and adds it back (upsampled) to the decoder output, so the nets learn residuals (trains
+    several times faster).
     Level channels run from the latent resolution upwards: `base_channels * channel_mult[i]`.
     """
 
@@ -252,6 +254,7 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         channel_mult: list[int] | None = None,
         num_res_blocks: int = 1,
         context_latents: int = 1,
+        shortcut: bool = True,
         latents_mean: float | list[float] = 0.0,
         latents_std: float | list[float] = 1.0,
     ):
@@ -328,8 +331,18 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         self._check_video(x)
         b, t = x.shape[0], x.shape[2]
         f = latent_frames(t, self.temporal_factor)
-        z = self.encoder(self._groups(x))
+        g = self._groups(x)
+        z = self.encoder(g)
+        if self.config.shortcut:
+            z = z + self._block_colour(g)
         return z.reshape(b, f, *z.shape[1:]).transpose(1, 2)
+
+    def _block_colour(self, g: torch.Tensor) -> torch.Tensor:
+        """Parameter-free path: group-mean colour per latent cell in the first `in_channels` latent channels."""
+        n, _, h, w = g.shape
+        tf, c = self.temporal_factor, self.config.in_channels
+        col = F.avg_pool2d(g.view(n, tf, c, h, w).mean(1), self.spatial_factor)
+        return F.pad(col, (0, 0, 0, 0, 0, self.z_dim - c))
 
     def _with_context(self, z: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
         """[B,z,f,h,w] -> [B*f, z*(1+k), h, w]: each latent stacked with its k predecessors (newest first)."""
@@ -351,6 +364,9 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         if f == 0:
             return z.new_zeros(b, c, 0, h * self.spatial_factor, w * self.spatial_factor)
         y = self.decoder(self._with_context(z, prev))
+        if self.config.shortcut:  # add back the block colour carried by the first latent channels
+            col = z[:, :c].transpose(1, 2).reshape(b * f, c, h, w)
+            y = y + F.interpolate(col, scale_factor=self.spatial_factor, mode="nearest").repeat(1, tf, 1, 1)
         y = y.reshape(b, f, tf, c, *y.shape[-2:]).permute(0, 3, 1, 2, 4, 5)  # [B,C,f,tf,H,W]
         y = y.reshape(b, c, f * tf, *y.shape[-2:])
         return y[:, :, tf - 1 :] if prev is None else y

@@ -119,11 +119,11 @@ def test_fast_shapes_and_frame_rule():
     torch.testing.assert_close((raw - 0.5) / 2.0, z)
 
 
-@pytest.mark.parametrize("context", [0, 1, 2])
+@pytest.mark.parametrize("context,shortcut", [(0, True), (1, True), (2, True), (1, False)])
 @pytest.mark.parametrize("chunks", [[1, 2, 3], [3, 3], [2, 1, 1, 2]])
-def test_fast_stream_decode_matches_one_shot(chunks, context):
+def test_fast_stream_decode_matches_one_shot(chunks, context, shortcut):
     torch.manual_seed(0)
-    v = FastVAE(**FAST, context_latents=context).eval()
+    v = FastVAE(**FAST, context_latents=context, shortcut=shortcut).eval()
     for m in v.modules():  # re-init the zero-initialised residual convs so every block does something
         if isinstance(m, torch.nn.Conv2d):
             m.reset_parameters()
