@@ -147,7 +147,10 @@ def main(argv=None) -> int:
                 engine = StreamingEngine.from_preset("tiny", random_weights=True)
             cases = E.build_cases(n, a.seed, cfg)
             t0 = time.time()
-            res = E._jsonable(E.evaluate(engine, policy, cases, ev, cfg))
+            def progress(i, r, name=name, policy=policy, n=n, t0=t0):
+                print(f"  {name}/{policy} case {i + 1}/{n} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+
+            res = E._jsonable(E.evaluate(engine, policy, cases, ev, cfg, progress))
             res["wall_s"] = time.time() - t0
             out.write_text(json.dumps(res))
             print(f"{name} / {policy}: {n} cases in {res['wall_s']:.0f}s", file=sys.stderr, flush=True)
