@@ -34,7 +34,8 @@ STAGE_PARTS = ("transformer", "vae", "text_encoder")
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
-    # frozen VAE folder; None builds a fresh random VAE from the preset (smoke runs only: no meaningful latents)
+    # frozen VAE folder; None builds a fresh random VAE from the preset (smoke runs only: no meaningful latents).
+    # With `init`, a given `vae` replaces the stage folder's VAE (a warm start in a new latent space).
     vae: str | None = None
     # local diffusers Wan directory (transformer/, vae/, text_encoder/, tokenizer/); overrides `preset` weights
     pretrained: str | None = None
@@ -102,6 +103,21 @@ def load_stage(path: str | os.PathLike) -> Components:
     return Components(preset, transformer, vae, text)
 
 
+def stage_from_trainer_export(export_dir: str | os.PathLike, like: str | os.PathLike,
+                              dest: str | os.PathLike) -> Path:
+    """Turn a trainer export of a `TextDiT` (`step_*/teacher_ema/model.safetensors`) into a stage folder, taking
+    the preset / VAE / architecture from stage folder `like`."""
+    from safetensors.torch import load_file
+
+    comp = load_stage(like)
+    sd = load_file(str(Path(export_dir) / "model.safetensors"))
+    for prefix, module in (("transformer.", comp.transformer), ("text_encoder.", comp.text_encoder)):
+        part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if part:
+            module.load_state_dict(part, strict=True)
+    return save_stage(dest, comp)
+
+
 def save_stage(path: str | os.PathLike, comp: Components, card: str | None = None,
                half: bool = False) -> Path:
     """Same layout as `StreamingEngine.save`; `half` stores fp16 weights (the loaders cast back to fp32)."""
@@ -136,6 +152,9 @@ def build_components(cfg: ModelConfig) -> Components:
     """Networks for a stage: from `init` (a stage folder), `pretrained` (diffusers Wan dir) or the preset."""
     if cfg.init:
         comp = load_stage(cfg.init)
+        if cfg.vae:
+            # warm start in a new latent space: the transformer re-adapts, the new VAE is frozen from here on
+            comp.vae = load_vae(_require_dir(cfg.vae, "VAE (model.vae)")).float()
     elif cfg.pretrained:
         from fashionchameleon.text import UMT5TextEncoder
         from fashionchameleon.vae import WanVAE

@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", help="output directory (overrides train.output_dir)")
     ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
     ap.add_argument("--until", type=int, help="stop (and checkpoint) at this step without changing the schedule")
+    ap.add_argument("--init", help="warm start from a stage folder (overrides model.init)")
+    ap.add_argument("--vae", help="frozen VAE folder (overrides model.vae; with --init it replaces the init's VAE)")
     args = ap.parse_args(argv)
 
     cfg = load_yaml_config(args.config, SECTIONS)
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out:
         over["output_dir"] = args.out
     train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
+    model_over = {k: v for k, v in (("init", args.init), ("vae", args.vae)) if v}
+    if model_over:
+        cfg["model"] = dataclass_from_dict(ModelConfig, {**vars(cfg["model"]), **model_over})
     cfg.update(train=train_cfg, data=data, sample=sample)
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
