@@ -102,7 +102,10 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--cases", type=int, default=100, help="cases for the first model")
     ap.add_argument("--cases-other", type=int, default=None, help="cases for the other models (default --cases)")
+    ap.add_argument("--cases-for", action="append", default=[],
+                    help="POLICY=N: case count of that policy for the first model (overrides --cases)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle-cases", type=int, default=None, help="cases of the oracle row (default --cases)")
     ap.add_argument("--no-oracle", action="store_true", help="skip the ground-truth-render row")
     ap.add_argument("--random-weights", action="store_true", help="add a random-weights tiny engine row")
     ap.add_argument("--json-dir", default="/tmp/fashionchameleon_eval")
@@ -119,8 +122,8 @@ def main(argv=None) -> int:
             missing.append(f"{name} (`{d}` not found)")
     if not a.model:
         models = find_checkpoints()
-        if not models:
-            missing = [f"{m} (no checkpoint under `assets/checkpoints/`)" for m in EXPECTED_MODELS]
+    missing += [f"{m} (no checkpoint passed or found)" for m in EXPECTED_MODELS
+                if m not in models and not any(x.startswith(m + " ") for x in missing)]
     policies = [p for p in a.policies.split(",") if p]
     ev = E.Evaluator()
     cfg = E.BenchConfig()
@@ -128,10 +131,11 @@ def main(argv=None) -> int:
     jdir.mkdir(parents=True, exist_ok=True)
     runs: list[tuple[str, str, int]] = []
     if not a.no_oracle:
-        runs.append(("oracle (GT render)", "oracle", a.cases))
+        runs.append(("oracle (GT render)", "oracle", a.oracle_cases or a.cases))
+    per_policy = {k: int(v) for k, _, v in (c.partition("=") for c in a.cases_for)}
     for i, name in enumerate(models):
         n = a.cases if i == 0 else (a.cases_other or a.cases)
-        runs += [(name, p, n) for p in policies]
+        runs += [(name, p, per_policy.get(p, n) if i == 0 else n) for p in policies]
     if a.random_weights:
         runs += [("random-weights tiny", p, a.cases_other or a.cases) for p in policies]
     rows = []
