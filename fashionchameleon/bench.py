@@ -255,6 +255,7 @@ def main(argv=None) -> dict:
         "device_name": device_name(engine.device),
         "dtype": args.dtype,
         "policy": args.policy,
+        "swap_every": args.swap_every,
         "attn": args.attn,
         "compile": args.compile,
         "vae": args.vae,
