@@ -94,6 +94,7 @@ def main(argv=None) -> int:
               "  data    synthetic data: `data synth --out DIR --clips N --seed S`")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cmd, rest = argv[0], argv[1:]
+    rc = 0
     if cmd == "serve":
         serve_main(rest)
     elif cmd == "render":
@@ -105,12 +106,12 @@ def main(argv=None) -> int:
     elif cmd == "eval":
         from .evaluate import main as eval_main
 
-        eval_main(rest)
+        rc = eval_main(rest)
     elif cmd == "data":
         from .data.synth import main as data_main
 
-        data_main(rest)
-    return 0
+        rc = data_main(rest)
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
