@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s_this_run": round(time.perf_counter() - t0, 1),
         "val_clips": len(val_clips),
         "clip": [3, data.frames, data.height, data.width],
-        "model": dict(final.config),
+        "model": dict(reloaded.config),
         "params": sum(p.numel() for p in final.parameters()),
     }
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
