@@ -15,7 +15,6 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from .catalog import Catalog
 from .config import AppConfig
-from .images import ImageError
 from .recorder import Recorder
 from fashionchameleon.timeline import Swap, SwapScheduler, Timeline, TimelineError, parse_schedule
 from .webrtc import DeliveryStats, EngineVideoTrack, ice_servers_config

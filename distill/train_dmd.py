@@ -16,8 +16,6 @@ Every step updates the critic; every `gen_update_every`-th step first updates th
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +28,8 @@ from distill.dmd import dmd_gradient, score_x0, weighted_dmd_loss
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
 from distill.rollout import draw_exit_step, rollout
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
-from teacher.common import (DataConfig, ModelConfig, Triplets, build_components, build_dataset, export_stage,
+from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
+                            export_stage, finish_stage, stage_parser,
                             TextDiT, incontext_flow, load_stage, plot_curves)
 
 
@@ -127,39 +126,17 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--out")
-    ap.add_argument("--init", help="generator stage folder (overrides model.init)")
+    ap = stage_parser(__doc__, "generator stage folder (overrides model.init)")
     ap.add_argument("--teacher", help="teacher stage folder (overrides dmd.teacher)")
-    ap.add_argument("--max-steps", type=int)
-    ap.add_argument("--until", type=int)
     args = ap.parse_args(argv)
-
     cfg = load_yaml_config(args.config, SECTIONS)
-    train_cfg: TrainConfig = cfg["train"]
-    data: DataConfig = cfg["data"]
+    train_cfg, data = apply_overrides(args, cfg["train"], cfg["data"], cfg["smoke"])
     model_cfg: ModelConfig = cfg["model"]
     dmd: DMDConfig = cfg["dmd"]
-    over: dict[str, Any] = {}
-    if args.smoke:
-        s: SmokeConfig = cfg["smoke"]
-        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0, log_every=1,
-                    warmup_steps=0)
-        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length})
-    if args.max_steps is not None:
-        over["max_steps"] = args.max_steps
-    if args.out:
-        over["output_dir"] = args.out
     if args.init:
         model_cfg = dataclass_from_dict(ModelConfig, {**vars(model_cfg), "init": args.init})
     if args.teacher:
         dmd.teacher = args.teacher
-    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
 
     comp = build_components(model_cfg)  # generator (+ the shared frozen VAE and text encoder)
     comp.text_encoder.requires_grad_(False)
@@ -187,14 +164,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(train_cfg, {"generator": gen, "critic": critic, "teacher": real},
                       make_step_fn(comp, dmd, train_cfg.seed), data_ds, optimizers=opts, eval_fn=eval_fn)
     res = trainer.train(resume=args.resume, until=args.until)
-    if trainer.accelerator.is_main_process:
-        card = (f"# GR-DMD generator ({comp.preset.name})\n\nGenerator from `{model_cfg.init}`, teacher "
-                f"`{dmd.teacher}`, tau={dmd.tau}, reward={dmd.reward.kind}; {res['step']} steps, "
-                f"{res['elapsed_s']:.0f} s CPU.\n")
-        export_stage(trainer, "generator", comp, out / "final", card)
-        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
-        print(json.dumps({k: res[k] for k in ("step", "samples_seen", "elapsed_s", "gen_loss", "critic_loss")
-                          if k in res}))
+    card = (f"# GR-DMD generator ({comp.preset.name})\n\nGenerator from `{model_cfg.init}`, teacher "
+            f"`{dmd.teacher}`, tau={dmd.tau}, reward={dmd.reward.kind}; {res['step']} steps, "
+            f"{res['elapsed_s']:.0f} s CPU.\n")
+    finish_stage(trainer, res, "generator", comp, out, card,
+                 ("step", "samples_seen", "elapsed_s", "gen_loss", "critic_loss"))
     return res
 
 

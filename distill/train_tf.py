@@ -14,8 +14,6 @@ Outputs: `step_*/`, `log.csv`, `latest/` (stage folder, EMA weights, refreshed a
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ import torch
 from fashionchameleon.attention import flex_block_mask, teacher_forcing_mask
 from fashionchameleon.sampling import FlowMatching
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
-from teacher.common import (DataConfig, ModelConfig, Triplets, build_components, build_dataset, drop_prompts,
+from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
+                            drop_prompts, finish_stage, stage_parser,
                             encode_batch, export_stage, per_frame_bell_mse, plot_curves, wrap)
 
 
@@ -118,35 +117,12 @@ def make_step_fn(comp, data: DataConfig):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--out")
-    ap.add_argument("--init", help="teacher stage folder (overrides model.init)")
-    ap.add_argument("--max-steps", type=int)
-    ap.add_argument("--until", type=int)
-    args = ap.parse_args(argv)
-
+    args = stage_parser(__doc__, "teacher stage folder (overrides model.init)").parse_args(argv)
     cfg = load_yaml_config(args.config, SECTIONS)
-    train_cfg: TrainConfig = cfg["train"]
-    data: DataConfig = cfg["data"]
+    train_cfg, data = apply_overrides(args, cfg["train"], cfg["data"], cfg["smoke"])
     model_cfg: ModelConfig = cfg["model"]
-    over: dict[str, Any] = {}
-    if args.smoke:
-        s: SmokeConfig = cfg["smoke"]
-        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0, log_every=1,
-                    warmup_steps=min(train_cfg.warmup_steps, s.max_steps // 2))
-        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length})
-    if args.max_steps is not None:
-        over["max_steps"] = args.max_steps
-    if args.out:
-        over["output_dir"] = args.out
     if args.init:
         model_cfg = dataclass_from_dict(ModelConfig, {**vars(model_cfg), "init": args.init})
-    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
 
     comp = build_components(model_cfg)
     out = Path(train_cfg.output_dir)
@@ -162,13 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer = Trainer(train_cfg, {"student": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
     res = trainer.train(resume=args.resume, until=args.until)
-    if trainer.accelerator.is_main_process:
-        card = (f"# Teacher-forcing student ({comp.preset.name})\n\nInitialised from `{model_cfg.init}`; "
-                f"{res['step']} steps, {res['samples_seen']} samples, {res['elapsed_s']:.0f} s CPU; "
-                f"final FM loss {res.get('loss', float('nan')):.4f}.\n")
-        export_stage(trainer, "student", comp, out / "final", card)
-        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
-        print(json.dumps({k: res[k] for k in ("step", "samples_seen", "elapsed_s", "loss") if k in res}))
+    card = (f"# Teacher-forcing student ({comp.preset.name})\n\nInitialised from `{model_cfg.init}`; "
+            f"{res['step']} steps, {res['samples_seen']} samples, {res['elapsed_s']:.0f} s CPU; "
+            f"final FM loss {res.get('loss', float('nan')):.4f}.\n")
+    finish_stage(trainer, res, "student", comp, out, card, ("step", "samples_seen", "elapsed_s", "loss"))
     return res
 
 

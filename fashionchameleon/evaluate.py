@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,6 @@ import torch
 from . import metrics as M
 from .configs import get_preset
 from .data.world import SPLIT_SEEDS, MannequinWorld
-from .imageops import fit_crop
 
 
 @dataclass(frozen=True)

@@ -393,3 +393,47 @@ def export_stage(trainer, name: str, comp: Components, dest: str | os.PathLike, 
         if use_ema:
             trainer.ema[name].swap(model)
     return Path(dest)
+
+
+# ------------------------------------------------------------------------------------------------ stage entry points
+def stage_parser(description: str, init_help: str = "stage folder to start from (overrides model.init)"):
+    """The command line every training stage shares; stages add their own extra flags."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--smoke", action="store_true", help="tiny run using the config's smoke section")
+    ap.add_argument("--resume", action="store_true", help="continue from the latest step_* checkpoint")
+    ap.add_argument("--out", help="output directory (overrides train.output_dir)")
+    ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
+    ap.add_argument("--until", type=int, help="stop (and checkpoint) at this step without changing the schedule")
+    ap.add_argument("--init", help=init_help)
+    return ap
+
+
+def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, DataConfig]:
+    """Apply --smoke / --max-steps / --out to the train and data sections; set the CPU thread count."""
+    from fashionchameleon.trainer import TrainConfig, dataclass_from_dict
+
+    over: dict[str, Any] = {}
+    if args.smoke:
+        over.update(max_steps=smoke.max_steps, batch_size=smoke.batch_size, save_every=smoke.max_steps,
+                    eval_every=0, log_every=1, warmup_steps=min(train_cfg.warmup_steps, smoke.max_steps // 2))
+        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
+    if args.max_steps is not None:
+        over["max_steps"] = args.max_steps
+    if args.out:
+        over["output_dir"] = args.out
+    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    return train_cfg, data
+
+
+def finish_stage(trainer, res: dict, name: str, comp: Components, out: Path, card: str, keys: tuple[str, ...]):
+    """Export the final stage folder and the run summary (main process only)."""
+    if not trainer.accelerator.is_main_process:
+        return
+    export_stage(trainer, name, comp, out / "final", card)
+    (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+    print(json.dumps({k: res[k] for k in keys if k in res}))

@@ -16,8 +16,6 @@ and `loss.png`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ from typing import Any
 import torch
 
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
-from teacher.common import (DataConfig, ModelConfig, Triplets, build_components, build_dataset, drop_prompts,
+from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
+                            drop_prompts, finish_stage, stage_parser,
                             encode_batch, export_stage, incontext_flow, per_frame_bell_mse, plot_curves, wrap)
 
 
@@ -105,40 +104,20 @@ Loss curve: `loss.png`. Held-out samples (test-split people and garments): {shee
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--smoke", action="store_true", help="tiny run using the config's smoke section")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest step_* checkpoint")
-    ap.add_argument("--out", help="output directory (overrides train.output_dir)")
-    ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
-    ap.add_argument("--until", type=int, help="stop (and checkpoint) at this step without changing the schedule")
-    ap.add_argument("--init", help="warm start from a stage folder (overrides model.init)")
+    ap = stage_parser(__doc__, "warm start from a stage folder (overrides model.init)")
     ap.add_argument("--vae", help="frozen VAE folder (overrides model.vae; with --init it replaces the init's VAE)")
     args = ap.parse_args(argv)
-
     cfg = load_yaml_config(args.config, SECTIONS)
-    train_cfg: TrainConfig = cfg["train"]
-    data: DataConfig = cfg["data"]
+    train_cfg, data = apply_overrides(args, cfg["train"], cfg["data"], cfg["smoke"])
     sample: SampleConfig = cfg["sample"]
-    over: dict[str, Any] = {}
     if args.smoke:
         s: SmokeConfig = cfg["smoke"]
-        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0,
-                    warmup_steps=min(train_cfg.warmup_steps, s.max_steps // 2), log_every=1)
-        data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length})
         sample = dataclass_from_dict(SampleConfig, {**vars(sample), "examples": s.sample_examples,
                                                     "steps": s.sample_steps})
-    if args.max_steps is not None:
-        over["max_steps"] = args.max_steps
-    if args.out:
-        over["output_dir"] = args.out
-    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
     model_over = {k: v for k, v in (("init", args.init), ("vae", args.vae)) if v}
     if model_over:
         cfg["model"] = dataclass_from_dict(ModelConfig, {**vars(cfg["model"]), **model_over})
     cfg.update(train=train_cfg, data=data, sample=sample)
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
 
     comp = build_components(cfg["model"])
     out = Path(train_cfg.output_dir)
@@ -168,10 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(train_cfg, {"teacher": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
     res = trainer.train(resume=args.resume, until=args.until)
     if trainer.accelerator.is_main_process:
-        card = model_card(res, cfg, comp, res.get("sheet"))
-        export_stage(trainer, "teacher", comp, out / "final", card)
-        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
-        print(json.dumps({k: res[k] for k in ("step", "samples_seen", "elapsed_s", "loss") if k in res}))
+        finish_stage(trainer, res, "teacher", comp, out, model_card(res, cfg, comp, res.get("sheet")),
+                     ("step", "samples_seen", "elapsed_s", "loss"))
     return res
 
 

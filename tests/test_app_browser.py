@@ -6,7 +6,6 @@ engine's own frames (server-side tap); the "moves toward the new garment" check 
 output follows the garment, so it only applies when the engine's own frames shift in colour.
 """
 import os
-import time
 from pathlib import Path
 
 import numpy as np

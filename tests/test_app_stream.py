@@ -8,7 +8,6 @@ swap differ from a no-swap baseline with the same seed while the frames before i
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import av
 import httpx

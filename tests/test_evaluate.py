@@ -2,12 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from fashionchameleon import evaluate as E
-from fashionchameleon.data.world import SPLIT_SEEDS, MannequinWorld, split_of_seed
+from fashionchameleon.data.world import MannequinWorld, split_of_seed
 
 torch.set_num_threads(1)
 

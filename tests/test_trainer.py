@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from fashionchameleon.trainer import TrainConfig, Trainer, dataclass_from_dict, latest_checkpoint, load_yaml_config
