@@ -82,7 +82,14 @@ def serve_main(argv) -> None:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except (FileNotFoundError, ValueError) as e:  # bad input: a clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     cmds = ("serve", "render", "bench", "eval", "data")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
         print("usage: fashionchameleon {serve,render,bench,eval,data} [options]\n"

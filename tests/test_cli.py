@@ -68,3 +68,10 @@ def test_render_rejects_bad_arguments(tmp_path, ckpt):
 def test_unknown_command_prints_usage(capsys):
     assert main(["frobnicate"]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    g = _png(tmp_path / "g.png", (1, 2, 3))
+    rc = main(["render", "--reference", g, "--garment", g, "--frames", "10", "--out", str(tmp_path / "x.mp4"),
+               "--checkpoint", str(tmp_path / "nope")])
+    assert rc == 2 and "checkpoint directory not found" in capsys.readouterr().err
