@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     models, missing = {}, []
     for spec in a.model:
-        name, _, d = spec.partition("=")
+        name, _, d = spec.rpartition("=")  # names may contain "=" (τ=0.2), paths rarely do
         if (Path(d) / PRESET_FILE).is_file():
             models[name] = Path(d)
         else:
