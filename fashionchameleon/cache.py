@@ -166,19 +166,21 @@ class KVCache:
         kb[:, :, start:start + n] = k_new
         vb[:, :, start:start + n] = v_new
         k_all, v_all = kb[:, :, :start + n], vb[:, :, :start + n]
-        if op == "commit":
+        overflow = self._overflow(frames) if op == "commit" else 0
+        if overflow > 0:
             # the slices above are views: clone before the eviction shift mutates the buffer
             k_all, v_all = k_all.clone(), v_all.clone()
-            self._evict_layer(layer, frames)
+            self._evict_layer(layer, frames, overflow)
         return k_all, v_all
 
-    def _evict_layer(self, layer: int, new_frames: int) -> None:
+    def _overflow(self, new_frames: int) -> int:
+        """Window frames a commit of `new_frames` must evict (0 while the chunk still fills the sink)."""
+        if self.sink_len < self.layout.sink_frames:
+            return 0
+        return max(0, self.window_len + new_frames - self.layout.window_frames)
+
+    def _evict_layer(self, layer: int, new_frames: int, overflow: int) -> None:
         lay = self.layout
-        if self.sink_len < lay.sink_frames:
-            return  # chunk becomes (part of) the sink
-        overflow = self.window_len + new_frames - lay.window_frames
-        if overflow <= 0:
-            return
         t = lay.tokens_per_frame
         w0 = (lay.cond_frames + self.sink_len) * t
         end = (self.stored_frames + new_frames) * t

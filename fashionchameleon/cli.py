@@ -8,15 +8,13 @@ from pathlib import Path
 
 
 def _load_image(path: str):
-    import cv2
+    from .data.folder import DataError, read_image
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"error: image not found: {p}")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SystemExit(f"error: not a readable image: {p}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        return read_image(path)
+    except DataError:
+        what = "not a readable image" if Path(path).is_file() else "image not found"
+        raise SystemExit(f"error: {what}: {path}") from None
 
 
 def render_main(argv) -> dict:

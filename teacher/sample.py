@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reference or args.garment:
         if not (args.reference and args.garment):
             ap.error("--reference and --garment go together")
-        ref = cv2.imread(args.reference)[:, :, ::-1]
-        gar = cv2.imread(args.garment)[:, :, ::-1]
+        from fashionchameleon.data.folder import read_image
+
+        ref, gar = read_image(args.reference), read_image(args.garment)
         examples = [{"reference": to_tensor(fit_crop(ref, p.height, p.width))[0],
                      "garment": to_tensor(letterbox_white(gar, p.height, p.width))[0], "prompt": args.prompt}]
     else:
