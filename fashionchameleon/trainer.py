@@ -60,7 +60,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-__all__ = ["TrainConfig", "Trainer", "StepContext", "EMA", "load_yaml_config", "dataclass_from_dict", "latest_checkpoint"]
+__all__ = ["apply_cli_overrides", "TrainConfig", "Trainer", "StepContext", "EMA", "load_yaml_config", "dataclass_from_dict", "latest_checkpoint"]
 
 _STEP_PREFIX = "step_"
 _SCHEDULES = ("constant", "cosine", "step")
@@ -621,3 +621,24 @@ class Trainer:
 
 def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = None,
+                        output_dir: str | None = None) -> "TrainConfig":
+    """The train-section overrides every entry point shares (--smoke / --max-steps / --out); sets CPU threads.
+
+    `smoke` is a stage's smoke section (needs `max_steps` and `batch_size`).
+    """
+    over: dict[str, Any] = {}
+    if smoke is not None:
+        over.update(max_steps=smoke.max_steps, batch_size=smoke.batch_size, save_every=smoke.max_steps,
+                    eval_every=0, log_every=1, warmup_steps=min(cfg.warmup_steps, smoke.max_steps // 2))
+    if max_steps is not None:
+        over["max_steps"] = max_steps
+    if output_dir:
+        over["output_dir"] = output_dir
+    cfg = dataclass_from_dict(TrainConfig, {**vars(cfg), **over})
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return cfg
+

@@ -413,20 +413,11 @@ def stage_parser(description: str, init_help: str = "stage folder to start from 
 
 def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, DataConfig]:
     """Apply --smoke / --max-steps / --out to the train and data sections; set the CPU thread count."""
-    from fashionchameleon.trainer import TrainConfig, dataclass_from_dict
+    from fashionchameleon.trainer import apply_cli_overrides, dataclass_from_dict
 
-    over: dict[str, Any] = {}
     if args.smoke:
-        over.update(max_steps=smoke.max_steps, batch_size=smoke.batch_size, save_every=smoke.max_steps,
-                    eval_every=0, log_every=1, warmup_steps=min(train_cfg.warmup_steps, smoke.max_steps // 2))
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
-    if args.max_steps is not None:
-        over["max_steps"] = args.max_steps
-    if args.out:
-        over["output_dir"] = args.out
-    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
+    train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out)
     return train_cfg, data
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
+from fashionchameleon.trainer import (StepContext, TrainConfig, Trainer, apply_cli_overrides, dataclass_from_dict,
+                                     load_yaml_config)
 from fashionchameleon.vae import FastVAE, latent_frames, load_vae
 
 
@@ -170,21 +171,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_cfg: TrainConfig = cfg["train"]
     data: DataConfig = cfg["data"]
     ev: EvalConfig = cfg["eval"]
-    over: dict[str, Any] = {}
     if args.smoke:
         s: SmokeConfig = cfg["smoke"]
-        over.update(max_steps=s.max_steps, batch_size=s.batch_size, save_every=s.max_steps, eval_every=0,
-                    warmup_steps=min(train_cfg.warmup_steps, s.max_steps // 2), log_every=1)
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length,
                                                 "val_length": s.val_length})
         ev = dataclass_from_dict(EvalConfig, {**vars(ev), "stats_clips": s.stats_clips})
-    if args.max_steps is not None:
-        over["max_steps"] = args.max_steps
-    if args.out:
-        over["output_dir"] = args.out
-    train_cfg = dataclass_from_dict(TrainConfig, {**vars(train_cfg), **over})
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
+    train_cfg = apply_cli_overrides(train_cfg, cfg["smoke"] if args.smoke else None, args.max_steps, args.out)
 
     vae = FastVAE(**cfg["model"])
     latent_frames(data.frames, vae.temporal_factor)  # fail early on a bad clip length
