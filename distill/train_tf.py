@@ -26,7 +26,7 @@ from fashionchameleon.sampling import FlowMatching
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             drop_prompts, finish_stage, stage_parser,
-                            encode_batch, export_stage, per_frame_bell_mse, plot_curves, wrap)
+                            encode_batch, export_stage, latent_region_weight, per_frame_bell_mse, plot_curves, wrap)
 
 
 @dataclass
@@ -83,7 +83,7 @@ def tf_forward(transformer, ref: torch.Tensor, gar: torch.Tensor, clean: torch.T
 
 def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int,
             noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None,
-            weighting: str = "bell") -> torch.Tensor:
+            weighting: str = "bell", region: torch.Tensor | None = None) -> torch.Tensor:
     b, _, f = vid.shape[:3]
     if t_video is None:
         t_video = chunk_timesteps(fm, b, f, chunk, vid.device)
@@ -96,7 +96,7 @@ def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, c
     flex = vid.is_cuda and transformer.attn_backend == "flex"
     mask = masks(frames, tpf, vid.device, flex)  # both builders take the per-half frame count
     pred = tf_forward(transformer, ref, gar, vid, x_t, t_video, text, mask)
-    return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting)
+    return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting, region)
 
 
 def make_step_fn(comp, data: DataConfig):
@@ -109,8 +109,10 @@ def make_step_fn(comp, data: DataConfig):
         ref, gar, vid = encode_batch(vae, batch, ctx.device)
         with torch.no_grad():
             text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)
+        region = latent_region_weight(batch.get("garment_mask"), vid.shape, comp.preset.temporal_factor,
+                                      data.garment_loss_weight)
         loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
-                       weighting=data.loss_weighting)
+                       weighting=data.loss_weighting, region=region)
         return {"loss": loss}
 
     return step_fn

@@ -59,12 +59,18 @@ class DataConfig:
     skip_bad: bool = True
     text_dropout: float = 0.1  # empty prompt this often (classifier-free guidance)
     loss_weighting: str = "bell"  # bell (paper) | uniform (from-scratch CPU demo, see per_frame_bell_mse)
+    # Extra loss weight on the upper-garment region (needs gt masks: world, or folder rows with a gt sidecar).
+    # The reference differs from the clip only there, so without it "copy the reference" is a near-optimal
+    # shortcut that a small model trained briefly never leaves (see docs/TRAINING.md).
+    garment_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.source not in ("world", "folder"):
             raise ValueError(f"data.source must be 'world' or 'folder', got {self.source!r}")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise ValueError(f"text_dropout must be in [0, 1], got {self.text_dropout}")
+        if self.garment_loss_weight < 0:
+            raise ValueError(f"garment_loss_weight must be >= 0, got {self.garment_loss_weight}")
 
 
 # ------------------------------------------------------------------------------------------------ components
@@ -192,18 +198,20 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
     if data.source == "world":
         from fashionchameleon.data import WorldDataset
 
-        return WorldDataset(split=split, size=size, frames=data.frames, length=length, seed=seed)
+        return WorldDataset(split=split, size=size, frames=data.frames, length=length, seed=seed,
+                            garment_masks=data.garment_loss_weight > 0)
     from fashionchameleon.data import FolderDataset
 
     root = _require_dir(data.root or "", "data.root (real-data folder with meta_data.csv)")
-    return FolderDataset(root, size=size, frames=data.frames, skip_bad=data.skip_bad)
+    return FolderDataset(root, size=size, frames=data.frames, skip_bad=data.skip_bad,
+                         garment_masks=data.garment_loss_weight > 0)
 
 
-KEEP_KEYS = ("reference", "garment", "video", "prompt")
+KEEP_KEYS = ("reference", "garment", "video", "prompt", "garment_mask")
 
 
 class Triplets(torch.utils.data.Dataset):
-    """Keep the four entries the stages use (datasets may return extra ground truth)."""
+    """Keep the entries the stages use (datasets may return extra ground truth)."""
 
     def __init__(self, ds):
         self.ds = ds
@@ -213,7 +221,29 @@ class Triplets(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         d = self.ds[i]
-        return {k: d[k] for k in KEEP_KEYS}
+        return {k: d[k] for k in KEEP_KEYS if k in d}
+
+
+def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_factor: int,
+                         extra: float) -> torch.Tensor | None:
+    """Pixel masks `[B, T, H, W]` -> loss weights `1 + extra * coverage`, shaped `[B, 1, f, h, w]`.
+
+    Latent frame 0 holds pixel frame 0 and latent frame k the `temporal_factor` frames before 1 + k * factor
+    (the causal VAE's grouping); a latent cell's coverage is the max over its frames of the area fraction.
+    """
+    if mask is None or extra == 0:
+        return None
+    f, h, w = latent_shape[-3:]
+    m = mask.float()
+    if m.shape[1] != 1 + (f - 1) * temporal_factor:
+        raise ValueError(f"garment mask has {m.shape[1]} frames, the clip's latents need "
+                         f"{1 + (f - 1) * temporal_factor}")
+    area = torch.nn.functional.adaptive_avg_pool2d(m, (h, w))  # [B, T, h, w]
+    first, rest = area[:, :1], area[:, 1:]
+    if f > 1:
+        rest = rest.reshape(m.shape[0], f - 1, temporal_factor, h, w).amax(dim=2)
+        area = torch.cat([first, rest], dim=1)
+    return (1.0 + extra * area).unsqueeze(1)
 
 
 # ------------------------------------------------------------------------------------------------ conditioning
@@ -271,16 +301,22 @@ LOSS_WEIGHTINGS = ("bell", "uniform")
 
 
 def per_frame_bell_mse(fm: FlowMatching, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
-                       weighting: str = "bell") -> torch.Tensor:
+                       weighting: str = "bell", region: torch.Tensor | None = None) -> torch.Tensor:
     """Flow-matching MSE, bell-weighted per frame (paper) or unweighted; `t` `[B]` or `[B, f]`.
 
     The bell weight is ~0 near t = 1000: fine when fine-tuning a pretrained video model (the paper), but a model
     trained from scratch then never learns the high-noise regime where sampling (and the 4-step student) starts,
-    so the CPU demo configs use "uniform".
+    so the CPU demo configs use "uniform". `region` `[B, 1, f, h, w]` (`latent_region_weight`) turns each
+    frame's spatial mean into a weighted mean.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
-    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, f]
+    err = (pred.float() - target.float()).pow(2).mean(dim=1)  # [B, f, h, w]
+    if region is None:
+        err = err.mean(dim=(2, 3))  # [B, f]
+    else:
+        r = region[:, 0].to(err)
+        err = (r * err).sum(dim=(2, 3)) / r.sum(dim=(2, 3))
     if weighting == "uniform":
         return err.mean()
     if t.ndim == 1:

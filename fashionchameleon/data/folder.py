@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from fashionchameleon.imageops import fit_crop, letterbox_white
 
-from .world import MannequinWorld, check_frames, check_size
+from .world import UPPER, MannequinWorld, check_frames, check_size
 
 META_FILE = "meta_data.csv"
 REQUIRED_COLUMNS = ("src_image", "cloth_image", "video", "prompt")
@@ -146,8 +146,10 @@ class FolderDataset(Dataset):
     """Triplets from a dataset folder. With skip_bad=True every row is validated up front and bad rows are
     skipped (see `bad_rows`); otherwise a bad row raises DataError when it is read."""
 
-    def __init__(self, root: str, size=(160, 128), frames: int = 9, skip_bad: bool = False):
+    def __init__(self, root: str, size=(160, 128), frames: int = 9, skip_bad: bool = False,
+                 garment_masks: bool = False):
         self.root = os.fspath(root)
+        self.garment_masks = bool(garment_masks)  # needs the gt sidecar column on every row
         self.size = check_size(size)
         self.frames = check_frames(frames)
         self.skip_bad = skip_bad
@@ -181,13 +183,25 @@ class FolderDataset(Dataset):
         except DataError as e:
             raise DataError(f"{_where(row)}: {e}") from e
         video = np.stack([fit_crop(f, H, W) for f in video])
-        return {
+        item = {
             "reference": image_to_tensor(fit_crop(ref, H, W)),
             "garment": image_to_tensor(letterbox_white(cloth, H, W)),
             "video": video_to_tensor(video),
             "prompt": r.prompt,
             "row": row,
         }
+        if self.garment_masks:
+            item["garment_mask"] = self._garment_mask(row)
+        return item
+
+    def _garment_mask(self, row: int) -> torch.Tensor:
+        """Upper-garment masks `[T, H, W]` in 0..1 from the row's gt sidecar, cropped like the video."""
+        masks = self.load_gt(row).get("masks")
+        if masks is None or masks.ndim != 3 or len(masks) < self.frames:
+            raise DataError(f"{_where(row)}: gt sidecar has no per-frame 'masks' for {self.frames} frames")
+        H, W = self.size
+        up = (masks[:self.frames] == UPPER).astype(np.uint8) * 255
+        return torch.from_numpy(np.stack([fit_crop(m, H, W)[..., 0] for m in up]).astype(np.float32) / 255.0)
 
     def __getitem__(self, i: int) -> dict:
         return self.load(self._index[i])
@@ -238,11 +252,12 @@ class WorldDataset(Dataset):
     """Mannequin-world triplets rendered on the fly, in the FolderDataset item format."""
 
     def __init__(self, split: str = "train", size=(160, 128), frames: int = 9, length: int = 10_000, seed: int = 0,
-                 world: MannequinWorld | None = None):
+                 world: MannequinWorld | None = None, garment_masks: bool = False):
         if not 0 <= length < SEED_STRIDE:
             raise ValueError(f"length must be in [0, 2**32), got {length}")
         self.split, self.size, self.frames = split, check_size(size), check_frames(frames)
         self.length, self.seed = int(length), int(seed)
+        self.garment_masks = bool(garment_masks)
         self.world = world or MannequinWorld()
         self.world.triplet_seeds(0, split)  # validates the split name early
 
@@ -256,10 +271,13 @@ class WorldDataset(Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         tr = self.world.sample_triplet(self.triplet_index(i), self.split, self.frames, self.size)
-        return {
+        item = {
             "reference": image_to_tensor(tr.reference),
             "garment": image_to_tensor(tr.garment),
             "video": video_to_tensor(tr.video),
             "prompt": tr.prompt,
             "row": int(i),
         }
+        if self.garment_masks:
+            item["garment_mask"] = torch.from_numpy(tr.gt["masks"] == UPPER).float()  # [T, H, W]
+        return item
