@@ -111,12 +111,14 @@ def load_stage(path: str | os.PathLike) -> Components:
 
 def stage_from_trainer_export(export_dir: str | os.PathLike, like: str | os.PathLike,
                               dest: str | os.PathLike) -> Path:
-    """Turn a trainer export of a `TextDiT` (`step_*/teacher_ema/model.safetensors`) into a stage folder, taking
-    the preset / VAE / architecture from stage folder `like`."""
+    """Turn a trainer export of a `TextDiT` (`step_*/teacher_ema/` folder, or a weights file such as
+    `step_*/ema_teacher_rank0.safetensors`) into a stage folder, taking the preset / VAE / architecture from
+    stage folder `like`."""
     from safetensors.torch import load_file
 
     comp = load_stage(like)
-    sd = load_file(str(Path(export_dir) / "model.safetensors"))
+    src = Path(export_dir)
+    sd = load_file(str(src if src.is_file() else src / "model.safetensors"))
     for prefix, module in (("transformer.", comp.transformer), ("text_encoder.", comp.text_encoder)):
         part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if part:

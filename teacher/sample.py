@@ -114,17 +114,57 @@ def save_sheet(path: str | Path, rows: list[np.ndarray]) -> Path:
 
 
 def heldout_examples(comp: Components, split: str, num: int, frames: int, seed: int) -> list[dict]:
+    """World triplets of `split`, each with the product image of the reference's own (old) garment too."""
     data = DataConfig(frames=frames)
     ds = build_dataset(data, comp.preset, split, num, seed)
-    return [ds[i] for i in range(num)]
+    out = []
+    for i in range(num):
+        ex = ds[i]
+        w = ds.world
+        s = w.triplet_seeds(ds.triplet_index(i), split)
+        old = w.sample_upper_garment(s["ref_upper"], type=w.sample_upper_garment(s["upper"]).type)
+        ex["reference_garment"] = w.product_image(old, (comp.preset.height, comp.preset.width))
+        out.append(ex)
+    return out
+
+
+def transfer_scores(video: np.ndarray, garment: np.ndarray, old_garment: np.ndarray, evaluator,
+                    skip: int = 1, stride: int = 2) -> dict:
+    """Garment fidelity (docs/EVAL.md) of the generated frames vs the garment image and vs the reference's own
+    garment; `transfer` = fraction of scored frames closer to the garment image (0.5 = no preference)."""
+    from fashionchameleon import metrics as M
+
+    masks = evaluator.masks(video)
+    new, old = M.GarmentReference(garment, evaluator.cfg), M.GarmentReference(old_garment, evaluator.cfg)
+    fn, fo = [], []
+    for t in range(skip, len(video), stride):
+        a, b = M.garment_fidelity(video[t], masks[t], new, evaluator.cfg), \
+            M.garment_fidelity(video[t], masks[t], old, evaluator.cfg)
+        if not (np.isnan(a) or np.isnan(b)):
+            fn.append(a), fo.append(b)
+    if not fn:
+        return {"fidelity": float("nan"), "fidelity_old": float("nan"), "transfer": float("nan"), "frames": 0}
+    fn, fo = np.array(fn), np.array(fo)
+    return {"fidelity": float(fn.mean()), "fidelity_old": float(fo.mean()), "transfer": float((fn > fo).mean()),
+            "frames": int(len(fn))}
+
+
+def summarise_scores(scores: list[dict]) -> dict:
+    keys = ("fidelity", "fidelity_old", "transfer")
+    ok = [s for s in scores if s["frames"]]
+    return {k: float(np.mean([s[k] for s in ok])) if ok else float("nan") for k in keys} | {"examples": len(ok)}
 
 
 def render_examples(comp: Components, examples: list[dict], out: str | Path, frames: int, steps: int,
                     guidance: float, seed: int, cols: int = 6, name: str = "teacher", scheduler: str = "unipc",
-                    mp4: bool = True) -> dict:
-    """Sample every example, write `<name>_<i>.mp4` and `<name>_sheet.png` under `out`."""
+                    mp4: bool = True, evaluator=None) -> dict:
+    """Sample every example, write `<name>_<i>.mp4` and `<name>_sheet.png` under `out`.
+
+    With an `evaluator` and examples that carry `reference_garment`, also score garment transfer of the generated
+    and (as the ceiling) the real clips."""
     out = Path(out)
     rows, files = [], []
+    gen_scores, real_scores = [], []
     t0 = time.perf_counter()
     for i, ex in enumerate(examples):
         ref, gar = ex["reference"][None], ex["garment"][None]
@@ -133,11 +173,19 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
         rows.append(contact_row(r, g, v, cols, "gen"))
         if "video" in ex:
             rows.append(contact_row(r, g, to_uint8(ex["video"]), cols, "real"))
+        if evaluator is not None and "reference_garment" in ex:
+            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator))
+            if "video" in ex:
+                real_scores.append(transfer_scores(to_uint8(ex["video"]), g, ex["reference_garment"], evaluator))
         if mp4:
             side = np.concatenate([np.broadcast_to(r, v.shape), np.broadcast_to(g, v.shape), v], axis=2)
             files.append(str(write_mp4(out / f"{name}_{i}.mp4", side, comp.preset.stream.fps)))
     sheet = save_sheet(out / f"{name}_sheet.png", rows)
-    return {"sheet": str(sheet), "videos": files, "seconds": round(time.perf_counter() - t0, 1)}
+    res = {"sheet": str(sheet), "videos": files, "seconds": round(time.perf_counter() - t0, 1)}
+    if gen_scores:
+        res["scores"] = {"generated": summarise_scores(gen_scores), "real": summarise_scores(real_scores),
+                         "per_example": gen_scores}
+    return res
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,6 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scheduler", default="unipc", choices=["unipc", "euler"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--score", action="store_true",
+                    help="score garment transfer of held-out examples with the evaluator (docs/EVAL.md)")
+    ap.add_argument("--no-mp4", action="store_true")
+    ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,9 +226,20 @@ def main(argv: list[str] | None = None) -> dict:
                      "garment": to_tensor(letterbox_white(gar, p.height, p.width))[0], "prompt": args.prompt}]
     else:
         examples = heldout_examples(comp, args.split, args.num, frames, args.data_seed)
+    evaluator = None
+    if args.score:
+        from fashionchameleon.evaluate import Evaluator
+
+        evaluator = Evaluator()
     res = render_examples(comp, examples, args.out, frames, args.steps, args.guidance, args.seed,
-                          scheduler=args.scheduler)
-    print(json.dumps(res))
+                          scheduler=args.scheduler, mp4=not args.no_mp4, evaluator=evaluator)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    brief = {k: v for k, v in res.items() if k != "scores"}
+    if "scores" in res:
+        brief["scores"] = {k: res["scores"][k] for k in ("generated", "real")}
+    print(json.dumps(brief))
     return res
 
 

@@ -174,3 +174,25 @@ def test_world_dataset_batches():
     assert batch["video"].shape == (2, 3, FRAMES) + SIZE and len(batch["prompt"]) == 2
     with pytest.raises(IndexError):
         ds[4]
+
+
+def test_garment_masks_world_and_folder(base, folder):
+    """Both sources give the same upper-garment masks (the garment-region loss weight reads them)."""
+    from fashionchameleon.data.world import UPPER
+
+    world = WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True)
+    fol = FolderDataset(base, size=SIZE, frames=FRAMES, garment_masks=True)
+    w, f = world[3], fol[3]
+    assert "garment_mask" not in WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED)[3]
+    assert w["garment_mask"].shape == (FRAMES,) + SIZE
+    assert torch.equal(w["garment_mask"], torch.from_numpy(fol.load_gt(3)["masks"] == UPPER).float())
+    assert torch.equal(f["garment_mask"], w["garment_mask"])  # same size: the crop is the identity
+    assert 0 < w["garment_mask"].mean() < 0.5  # a torso, not the frame
+    # a row without a gt sidecar cannot give masks: the error names the row
+    rows = _rows(folder)
+    rows[1]["gt"] = ""
+    with open(folder / META_FILE, "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader(), wr.writerows(rows)
+    with pytest.raises(DataError, match="row 1"):
+        FolderDataset(folder, size=SIZE, frames=FRAMES, garment_masks=True)[1]

@@ -114,3 +114,57 @@ def test_tiny_config_parses():
     cfg = load_yaml_config(ROOT / "teacher/configs/tiny.yaml", train_teacher.SECTIONS)
     assert cfg["model"].preset == "tiny" and cfg["train"].num_threads == 1
     assert json.loads(json.dumps(vars(cfg["data"])))["frames"] == 21
+
+
+def test_garment_region_weight_follows_vae_grouping():
+    from teacher.common import latent_region_weight
+
+    T, H, W, factor, sp = 9, 16, 24, 4, 8  # 3 latent frames of 2 x 3 cells
+    mask = torch.zeros(1, T, H, W)
+    mask[0, 5, :sp, :sp] = 1.0  # pixel frame 5 belongs to latent frame 2 (frames 5..8)
+    mask[0, 0, sp:, 2 * sp:] = 0.5
+    w = latent_region_weight(mask, (1, 16, 3, H // sp, W // sp), factor, extra=10.0)
+    expect = torch.ones(1, 1, 3, 2, 3)
+    expect[0, 0, 2, 0, 0] = 11.0
+    expect[0, 0, 0, 1, 2] = 6.0
+    assert torch.allclose(w, expect)
+    assert latent_region_weight(mask, (1, 16, 3, 2, 3), factor, extra=0.0) is None
+    assert latent_region_weight(None, (1, 16, 3, 2, 3), factor, extra=10.0) is None
+    with pytest.raises(ValueError, match="frames"):
+        latent_region_weight(mask[:, :5], (1, 16, 3, 2, 3), factor, extra=10.0)
+
+
+def test_region_weighted_loss_is_a_weighted_mean():
+    fm = build_components(ModelConfig(preset="test")).fm
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 3, 2, 3, generator=g), torch.randn(2, 4, 3, 2, 3, generator=g)
+    t = torch.tensor([100.0, 700.0])
+    plain = per_frame_bell_mse(fm, pred, target, t, "uniform")
+    # constant weights change nothing; weight on one cell pulls the loss toward that cell's error
+    assert torch.allclose(per_frame_bell_mse(fm, pred, target, t, "uniform", torch.full((2, 1, 3, 2, 3), 7.0)),
+                          plain)
+    region = torch.ones(2, 1, 3, 2, 3)
+    region[:, :, :, 0, 0] = 1e6
+    cell = (pred - target).pow(2).mean(dim=1)[:, :, 0, 0].mean()
+    assert torch.allclose(per_frame_bell_mse(fm, pred, target, t, "uniform", region), cell, rtol=1e-4)
+    bell = per_frame_bell_mse(fm, pred, target, t, "bell", torch.ones(2, 1, 3, 2, 3))
+    assert torch.allclose(bell, per_frame_bell_mse(fm, pred, target, t, "bell"))
+
+
+def test_transfer_scores_tell_garments_apart():
+    """The scorer behind `teacher.sample --score`: a real clip wears the garment image, not the reference's."""
+    from fashionchameleon.evaluate import Evaluator
+    from teacher.sample import heldout_examples, summarise_scores, to_uint8, transfer_scores
+
+    comp = build_components(ModelConfig(preset="tiny"))
+    ev = Evaluator()
+    scores = []
+    for ex in heldout_examples(comp, "test", 3, 9, 0):
+        video, gar, old = to_uint8(ex["video"]), to_uint8(ex["garment"]), ex["reference_garment"]
+        s = transfer_scores(video, gar, old, ev)
+        assert s["frames"] > 0
+        scores.append(s)
+        # the same clip scored against swapped garments flips the preference
+        assert transfer_scores(video, old, gar, ev)["transfer"] < s["transfer"]
+    summary = summarise_scores(scores)
+    assert summary["transfer"] > 0.9 and summary["fidelity"] > summary["fidelity_old"]
