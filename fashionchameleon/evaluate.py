@@ -242,6 +242,36 @@ def run_case(engine, case: Case, policy: str, evaluator: Evaluator, cfg: BenchCo
     return res
 
 
+def stream_health(engine, reference: np.ndarray, garment: np.ndarray, prompt: str, frames: int,
+                  evaluator: Evaluator, window: int = 16, seed: int = 0, policy: str = "disentangle") -> dict:
+    """Stream `frames` frames without a swap and describe the first window after the first chunk ("early") and
+    the last window ("late"): person area (evaluator masks), frame contrast (pixel std), sharpness (mean
+    |Laplacian|) and garment fidelity. A collapsing stream loses the person, its contrast or its garment late."""
+    import cv2
+
+    session = engine.new_session(policy)
+    session.begin(reference, garment, prompt, seed)
+    images = []
+    while len(images) < frames:
+        images += [f.image for f in session.step()]
+    session.close()
+    video = np.stack(images[:frames])
+    g = M.GarmentReference(garment, evaluator.cfg)
+    start = settle_frames(engine)
+
+    def describe(a: int, b: int) -> dict:
+        clip = video[a:b]
+        masks = evaluator.masks(clip)
+        lap = [np.abs(cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_32F)).mean() for f in clip]
+        return {"start": a, "end": b, "person_area": float((masks != 0).mean()),
+                "contrast": float(clip.reshape(len(clip), -1, 3).std(axis=1).mean()),
+                "sharpness": float(np.mean(lap)),
+                "fidelity": _nanmean([M.garment_fidelity(f, m, g, evaluator.cfg) for f, m in zip(clip, masks)])}
+
+    return {"frames": int(len(video)), "finite": bool(np.isfinite(video).all()),
+            "early": describe(start, start + window), "late": describe(frames - window, frames)}
+
+
 def run_oracle(case: Case, evaluator: Evaluator, size: tuple[int, int], settle: int,
                cfg: BenchConfig = BenchConfig(), world: MannequinWorld | None = None) -> dict:
     """Score the ground-truth render of the case (swaps exactly at the requested frames)."""

@@ -1,0 +1,36 @@
+"""The shipped 4-step student streams 1,000+ frames without collapsing (issue: streaming distillation).
+
+Bundled held-out assets, no swap; the evaluator describes the first window after the first chunk and the last
+window: the person must still be there (area), with its contrast, sharpness and garment, not faded or blown up.
+Thresholds are relative to the same stream's early window, so they hold for any model that does not collapse.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fashionchameleon.data.folder import read_image
+from fashionchameleon.evaluate import Evaluator, stream_health
+from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+FRAMES = 1008
+KEEP = 0.7  # late / early ratio that still counts as "the same stream"
+FIDELITY_DROP = 0.1
+
+
+@pytest.mark.parametrize("ref_i,garment", [(0, "longsleeve_hstripes_01.png"), (3, "tank_solid_06.png")])
+def test_shipped_student_streams_1000_frames_without_collapse(ref_i, garment):
+    refs = json.loads((ASSETS / "references/index.json").read_text())
+    engine = StreamingEngine.from_checkpoint(DEFAULT_CHECKPOINT)
+    h = stream_health(engine, read_image(str(ASSETS / refs[ref_i]["file"])),
+                      read_image(str(ASSETS / "garments" / garment)), refs[ref_i]["prompt"], FRAMES, Evaluator())
+    early, late = h["early"], h["late"]
+    print(json.dumps(h))
+    assert h["frames"] == FRAMES and h["finite"]
+    assert late["person_area"] >= KEEP * early["person_area"] > 0
+    assert late["contrast"] >= KEEP * early["contrast"]
+    assert late["sharpness"] >= KEEP * early["sharpness"]
+    assert late["person_area"] <= early["person_area"] / KEEP  # no blow-up either
+    assert late["fidelity"] >= early["fidelity"] - FIDELITY_DROP
