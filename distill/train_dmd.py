@@ -128,6 +128,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = stage_parser(__doc__, "generator stage folder (overrides model.init)")
     ap.add_argument("--teacher", help="teacher stage folder (overrides dmd.teacher)")
+    ap.add_argument("--tau", type=float, help="reward temperature (overrides dmd.tau; inf = vanilla DMD)")
     args = ap.parse_args(argv)
     cfg = load_yaml_config(args.config, SECTIONS)
     train_cfg, data = apply_overrides(args, cfg["train"], cfg["data"], cfg["smoke"])
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_cfg = dataclass_from_dict(ModelConfig, {**vars(model_cfg), "init": args.init})
     if args.teacher:
         dmd.teacher = args.teacher
+    if args.tau is not None:
+        if not args.tau > 0:
+            ap.error(f"--tau must be > 0 (inf for vanilla DMD), got {args.tau}")
+        dmd.tau = args.tau
 
     comp = build_components(model_cfg)  # generator (+ the shared frozen VAE and text encoder)
     comp.text_encoder.requires_grad_(False)

@@ -36,7 +36,18 @@ class SmokeConfig:
     train_length: int = 8
 
 
-SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "smoke": SmokeConfig}
+@dataclass
+class TFConfig:
+    # "uniform": each noisy chunk's t uniform over the shifted 1000-step grid (paper). "student": drawn from the
+    # student's own warped denoising steps, the only ones the 4-step sampler ever queries (a CPU-budget choice).
+    timesteps: str = "uniform"
+
+    def __post_init__(self):
+        if self.timesteps not in ("uniform", "student"):
+            raise ValueError(f"tf.timesteps must be 'uniform' or 'student', got {self.timesteps!r}")
+
+
+SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "tf": TFConfig, "smoke": SmokeConfig}
 
 
 class TFMask:
@@ -57,10 +68,16 @@ class TFMask:
         return self._cache[key]
 
 
-def chunk_timesteps(fm: FlowMatching, batch: int, frames: int, chunk: int, device) -> torch.Tensor:
-    """Diffusion forcing: one timestep per chunk, repeated over its frames -> `[B, frames]`."""
+def chunk_timesteps(fm: FlowMatching, batch: int, frames: int, chunk: int, device,
+                    choices: torch.Tensor | None = None) -> torch.Tensor:
+    """Diffusion forcing: one timestep per chunk, repeated over its frames -> `[B, frames]`.
+
+    `choices` (e.g. the student's warped steps) restricts the draw to those values."""
     n = -(-frames // chunk)
-    t = fm.sample_train_timesteps((batch, n), device=device)
+    if choices is None:
+        t = fm.sample_train_timesteps((batch, n), device=device)
+    else:
+        t = choices.float()[torch.randint(0, len(choices), (batch, n))].to(device)
     return t.repeat_interleave(chunk, dim=1)[:, :frames]
 
 
@@ -83,10 +100,11 @@ def tf_forward(transformer, ref: torch.Tensor, gar: torch.Tensor, clean: torch.T
 
 def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int,
             noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None,
-            weighting: str = "bell", region: torch.Tensor | None = None) -> torch.Tensor:
+            weighting: str = "bell", region: torch.Tensor | None = None,
+            choices: torch.Tensor | None = None) -> torch.Tensor:
     b, _, f = vid.shape[:3]
     if t_video is None:
-        t_video = chunk_timesteps(fm, b, f, chunk, vid.device)
+        t_video = chunk_timesteps(fm, b, f, chunk, vid.device, choices)
     if noise is None:
         noise = torch.randn_like(vid)
     x_t = fm.add_noise(vid, noise, t_video)
@@ -99,10 +117,13 @@ def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, c
     return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting, region)
 
 
-def make_step_fn(comp, data: DataConfig):
+def make_step_fn(comp, data: DataConfig, tf: TFConfig = TFConfig()):
     fm, vae, text_enc = comp.fm, comp.vae, comp.text_encoder
     stream = comp.preset.stream
     masks = TFMask(stream.chunk_frames, stream.cond_frames)
+    choices = None
+    if tf.timesteps == "student":
+        choices = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
 
     def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
         model = ctx.models["student"]
@@ -112,7 +133,7 @@ def make_step_fn(comp, data: DataConfig):
         region = latent_region_weight(batch.get("garment_mask"), vid.shape, comp.preset.temporal_factor,
                                       data.garment_loss_weight)
         loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
-                       weighting=data.loss_weighting, region=region)
+                       weighting=data.loss_weighting, region=region, choices=choices)
         return {"loss": loss}
 
     return step_fn
@@ -138,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.models["student"].train()
         return {"exported": str(dest)}
 
-    trainer = Trainer(train_cfg, {"student": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
+    trainer = Trainer(train_cfg, {"student": wrap(comp)}, make_step_fn(comp, data, cfg["tf"]), train_ds,
+                      eval_fn=eval_fn)
     res = trainer.train(resume=args.resume, until=args.until)
     card = (f"# Teacher-forcing student ({comp.preset.name})\n\nInitialised from `{model_cfg.init}`; "
             f"{res['step']} steps, {res['samples_seen']} samples, {res['elapsed_s']:.0f} s CPU; "

@@ -204,3 +204,19 @@ def test_export_writes_streaming_checkpoint(stages, tmp_path):
     assert (tmp_path / "s.png").is_file()
     eng = StreamingEngine.from_checkpoint(out)
     assert eng.preset.name == get_preset("test").name
+
+
+def test_tf_student_timesteps_draw_only_the_sampler_steps():
+    from distill.train_tf import TFConfig, chunk_timesteps
+    from fashionchameleon.sampling import FlowMatching
+
+    fm = FlowMatching(1000, 5.0)
+    steps = fm.few_step_timesteps((1000, 750, 500, 250), True)
+    torch.manual_seed(0)
+    t = chunk_timesteps(fm, 64, 8, 3, "cpu", steps)
+    assert t.shape == (64, 8)
+    assert torch.equal(t[:, 0], t[:, 2]) and torch.equal(t[:, 3], t[:, 5])  # one t per chunk
+    assert set(t.unique().tolist()) == set(steps.tolist())  # all four steps, nothing else
+    assert len(chunk_timesteps(fm, 64, 8, 3, "cpu").unique()) > 4  # default: the whole grid
+    with pytest.raises(ValueError, match="timesteps"):
+        TFConfig(timesteps="bogus")
