@@ -101,7 +101,7 @@ def few_step_sample(
 
 
 def make_teacher_scheduler(name: str, shift: float, num_train_timesteps: int = 1000):
-    """diffusers schedulers for many-step teacher sampling: 'unipc' (paper's) or 'euler'."""
+    """diffusers schedulers for many-step teacher sampling: 'unipc' (paper's) or 'euler' ('renoise' needs none)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     if name == "unipc":
@@ -120,18 +120,31 @@ def teacher_sample(
     guidance_scale: float = 3.0,
     scheduler: str = "unipc",
     shift: float = 5.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Many-step sampling with classifier-free guidance.
 
     `flow_fn(x_t, t, conditional) -> flow`; with `guidance_scale <= 1` only the conditional branch runs.
+    `scheduler`: "unipc" / "euler" (diffusers ODE solvers), or "renoise": the students' stochastic sampler
+    (predict x0, re-noise to the next t with fresh noise) over `steps` warped steps; it never integrates a velocity
+    error, so a briefly trained model gives blurred rather than noise-textured samples.
     """
-    sched = make_teacher_scheduler(scheduler, shift)
-    sched.set_timesteps(steps, device=noise.device)
-    x = noise
-    for t in sched.timesteps:
+
+    def guided(x, t):
         v = flow_fn(x, t, True)
         if guidance_scale > 1.0:
             v_u = flow_fn(x, t, False)
             v = v_u + guidance_scale * (v - v_u)
-        x = sched.step(v, t, x, return_dict=False)[0]
+        return v
+
+    if scheduler == "renoise":
+        fm = FlowMatching(shift=shift)
+        n = fm.num_train_timesteps
+        nominal = torch.arange(steps, dtype=torch.float64) * (-n / steps) + n  # n, ..., n / steps
+        return few_step_sample(guided, noise, fm.warp(nominal.tolist()), fm, generator=generator)
+    sched = make_teacher_scheduler(scheduler, shift)
+    sched.set_timesteps(steps, device=noise.device)
+    x = noise
+    for t in sched.timesteps:
+        x = sched.step(guided(x, t), t, x, return_dict=False)[0]
     return x

@@ -54,10 +54,10 @@ def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.T
             return cfg_flow(tr, ref, gar, x, tt, text_c, text_u, guidance)
 
         z = teacher_sample(guided, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=preset.stream.timestep_shift)
+                           shift=preset.stream.timestep_shift, generator=g)
     else:
         z = teacher_sample(flow_fn, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=preset.stream.timestep_shift)
+                           shift=preset.stream.timestep_shift, generator=g)
     return vae.decode(z.to(dt)).float()
 
 
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames", type=int, help="pixel frames (default: two streaming chunks)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=3.0)
-    ap.add_argument("--scheduler", default="unipc", choices=["unipc", "euler"])
+    ap.add_argument("--scheduler", default="unipc", choices=["unipc", "euler", "renoise"],
+                    help="diffusers ODE solvers, or the stochastic x0 re-noising sampler (fashionchameleon.sampling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--score", action="store_true",

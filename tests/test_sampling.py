@@ -47,7 +47,7 @@ def test_few_step_sampler_with_oracle_recovers_x0():
     assert torch.allclose(out, x0, atol=1e-4)
 
 
-@pytest.mark.parametrize("sched", ["unipc", "euler"])
+@pytest.mark.parametrize("sched", ["unipc", "euler", "renoise"])
 def test_teacher_sampler_with_cfg_reaches_target(sched):
     target = torch.full((1, 4, 2, 3, 3), 0.5)
 
