@@ -30,6 +30,7 @@ def render_main(argv) -> dict:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
+    p.add_argument("--sheet", default=None, help="also write a contact sheet PNG (a row per garment segment)")
     a = p.parse_args(argv)
     swaps = [int(s) for s in a.swap_at.split(",") if s.strip()] if a.swap_at else []
     if len(swaps) != len(a.garment) - 1:
@@ -50,10 +51,13 @@ def render_main(argv) -> dict:
     session = engine.new_session(a.policy)
     out = Path(a.out)
     applied = []  # first frame actually generated in each garment
+    kept = [] if a.sheet else None
     with MP4Writer(out, engine.fps) as writer:
         for fr in session.start(ref, garments[a.garment[0]], a.prompt, seed=a.seed, garment_id=a.garment[0],
                                 max_frames=a.frames):
             writer.write(fr.image)
+            if kept is not None:
+                kept.append(fr.image)
             if not applied or applied[-1]["garment"] != fr.garment_id:
                 applied.append({"frame": fr.index, "garment": fr.garment_id})
             due = scheduler.due(fr.index + 1)  # replay rule: request right before pulling the swap frame
@@ -61,6 +65,17 @@ def render_main(argv) -> dict:
                 session.request_swap(garments[due.garment], due.garment)
     timeline.extra["applied"] = applied
     save_timeline(timeline, out.with_suffix(".json"))
+    if a.sheet:
+        import numpy as np
+
+        from .imageops import fit_crop, letterbox_white
+        from .video import save_sheet, swap_sheet
+
+        h, w = engine.height, engine.width
+        rows = swap_sheet(fit_crop(ref, h, w), [letterbox_white(garments[x["garment"]], h, w) for x in applied],
+                          np.stack(kept), [x["frame"] for x in applied])
+        save_sheet(a.sheet, rows)
+        print(f"wrote {a.sheet}")
     print(f"wrote {out} and {out.with_suffix('.json')} ({a.frames} frames at {engine.fps} fps)")
     return timeline.to_dict()
 

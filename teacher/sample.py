@@ -16,12 +16,12 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from fashionchameleon.imageops import fit_crop, letterbox_white, to_tensor
 from fashionchameleon.sampling import teacher_sample
+from fashionchameleon.video import contact_row, label, save_sheet  # noqa: F401  (re-exported for the stages)
 from fashionchameleon.vae import latent_frames
 from teacher.common import Components, DataConfig, build_dataset, cfg_flow, incontext_flow, load_stage
 
@@ -85,31 +85,6 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> 
                 box.mux(pkt)
         for pkt in st.encode():
             box.mux(pkt)
-    return path
-
-
-def label(img: np.ndarray, text: str) -> np.ndarray:
-    out = img.copy()
-    cv2.putText(out, text, (3, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 2, cv2.LINE_AA)
-    cv2.putText(out, text, (3, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def contact_row(reference: np.ndarray, garment: np.ndarray, video: np.ndarray, cols: int,
-                tag: str = "gen") -> np.ndarray:
-    idx = np.linspace(0, len(video) - 1, cols).round().astype(int)
-    tiles = [label(reference, "reference"), label(garment, "garment")]
-    tiles += [label(video[i], f"{tag} t={i}") for i in idx]
-    sep = np.full((reference.shape[0], 2, 3), 255, np.uint8)
-    return np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1)
-
-
-def save_sheet(path: str | Path, rows: list[np.ndarray]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    cv2.imwrite(str(path), np.concatenate(rows, axis=0)[:, :, ::-1])
     return path
 
 

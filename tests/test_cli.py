@@ -46,9 +46,12 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     g2 = _png(tmp_path / "g2.png", (255, 0, 0))
     out = tmp_path / "clip.mp4"
     assert main(["render", "--reference", ref, "--garment", g1, "--garment", g2, "--swap-at", "20", "--frames",
-                 "40", "--seed", "3", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+                 "40", "--seed", "3", "--checkpoint", str(ckpt), "--out", str(out),
+                 "--sheet", str(tmp_path / "sheet.png")]) == 0
     frames = read_video(out)
     assert frames.shape[0] == 40
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet is not None and sheet.shape[0] >= 2 * frames.shape[1]  # a row per garment segment
     timeline = json.loads(out.with_suffix(".json").read_text())
     assert [s["frame"] for s in timeline["swaps"]] == [0, 20] and timeline["seed"] == 3
     assert timeline["applied"][-1]["garment"] == g2 and timeline["applied"][-1]["frame"] >= 20
