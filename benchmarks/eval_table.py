@@ -96,6 +96,22 @@ def write_md(path: Path, block: str) -> None:
     path.write_text(text)
 
 
+def run_key(name: str, model_dir: Path | None) -> str:
+    """Cache-file stem: the full model name (slugged) + a digest of the checkpoint's weights, so a retrained
+    model (or two names sharing a first word) never reuses another run's results."""
+    import hashlib
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", name.replace("τ", "tau").replace("∞", "inf")).strip("_")
+    if model_dir is None:
+        return slug
+    h = hashlib.sha1(name.encode())
+    for f in sorted(Path(model_dir).rglob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"{slug}_{h.hexdigest()[:8]}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], help="name=DIR (repeatable)")
@@ -140,7 +156,7 @@ def main(argv=None) -> int:
         runs += [("random-weights tiny", p, a.cases_other or a.cases) for p in policies]
     rows = []
     for name, policy, n in runs:
-        out = jdir / f"{name.split()[0]}_{policy}_n{n}_s{a.seed}.json"
+        out = jdir / f"{run_key(name, models.get(name))}_{policy}_n{n}_s{a.seed}.json"
         if out.is_file():
             res = json.loads(out.read_text())
         else:
