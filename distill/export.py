@@ -85,7 +85,7 @@ def card_text(ckpt: str, metrics: dict, history: list[dict], size_mb: float, pre
              f"({preset.transformer['num_attention_heads']}x{preset.transformer['attention_head_dim']}), the demo "
              "FastVAE and a learned text encoder, trained on the procedural mannequin world on a 2-core CPU.",
              "", f"Exported from `{ckpt}` with `python -m distill.export`. Folder size {size_mb:.1f} MB.", "",
-             "## Training history (one CPU thread each)", "",
+             "## Training history (2-core CPU; threads per run in docs/TRAINING.md)", "",
              "| stage | steps | samples | CPU time | final loss(es) |", "|---|---|---|---|---|"]
     for h in history:
         losses = ", ".join(f"{k}={v:.4g}" for k, v in h.items() if k.endswith("loss") and isinstance(v, float))
