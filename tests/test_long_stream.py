@@ -3,6 +3,8 @@
 Bundled held-out assets, no swap; the evaluator describes the first window after the first chunk and the last
 window: the person must still be there (area), with its contrast, sharpness and garment, not faded or blown up.
 Thresholds are relative to the same stream's early window, so they hold for any model that does not collapse.
+(The previous shipped student, with the paper's M = 23 cache, failed the first case: contrast x1.52 and sharpness
+x1.77 by frame 1,000, block noise growing as the cache outgrew its training clips.)
 """
 
 import json
@@ -29,8 +31,7 @@ def test_shipped_student_streams_1000_frames_without_collapse(ref_i, garment):
     early, late = h["early"], h["late"]
     print(json.dumps(h))
     assert h["frames"] == FRAMES and h["finite"]
-    assert late["person_area"] >= KEEP * early["person_area"] > 0
-    assert late["contrast"] >= KEEP * early["contrast"]
-    assert late["sharpness"] >= KEEP * early["sharpness"]
-    assert late["person_area"] <= early["person_area"] / KEEP  # no blow-up either
+    for k in ("person_area", "contrast", "sharpness"):  # neither faded nor blown up into noise
+        assert KEEP * early[k] <= late[k] <= early[k] / KEEP, (k, early[k], late[k])
+    assert early["person_area"] > 0
     assert late["fidelity"] >= early["fidelity"] - FIDELITY_DROP
