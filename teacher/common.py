@@ -446,13 +446,16 @@ def stage_parser(description: str, init_help: str = "stage folder to start from 
     ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
     ap.add_argument("--until", type=int, help="stop (and checkpoint) at this step without changing the schedule")
     ap.add_argument("--init", help=init_help)
+    ap.add_argument("--threads", type=int, help="CPU threads (overrides train.num_threads)")
     return ap
 
 
 def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, DataConfig]:
-    """Apply --smoke / --max-steps / --out to the train and data sections; set the CPU thread count."""
+    """Apply --smoke / --max-steps / --out / --threads to the train and data sections; set the CPU threads."""
     from fashionchameleon.trainer import apply_cli_overrides, dataclass_from_dict
 
+    if getattr(args, "threads", None):
+        train_cfg = dataclass_from_dict(type(train_cfg), {**vars(train_cfg), "num_threads": args.threads})
     if args.smoke:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
     train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out)
