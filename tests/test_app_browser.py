@@ -2,8 +2,10 @@
 
 Uses the trained checkpoint and bundled assets when they exist, else the tiny random-weights engine and
 generated colour garments. Colours are sampled from the <video> into a canvas and compared with the
-engine's own frames (server-side tap); the "moves toward the new garment" check needs a model whose
-output follows the garment, so it only applies when the engine's own frames shift in colour.
+engine's own frames (server-side tap). The swap goes to the bundled garment whose colour differs most from the
+first one, and the colours seen in the browser must move toward it. That check needs a model whose output
+follows the garment (the shipped one does; random weights do not), so it applies when the engine's own frames
+shift in colour.
 """
 import os
 from pathlib import Path
@@ -30,6 +32,7 @@ MIN_SHOWN_FRAMES = 24
 SAMPLES, SAMPLE_GAP_MS = 12, 40
 RECORD_MS = 1000
 COLOUR_TOL = 16.0  # mean-RGB distance between what the browser shows and what the engine produced
+WHITE_LEVEL = 240  # product-image background
 REACTS_MIN = 8.0  # engine colour shift that counts as "the model follows the garment"
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("loopback_ice")]
@@ -74,8 +77,10 @@ def _engine_and_assets(tmp_path):
 
 
 def _mean_rgb(path: Path) -> np.ndarray:
-    a = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-    return a.reshape(-1, 3).mean(0)
+    """Mean colour of the garment itself (product images are on white)."""
+    a = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).reshape(-1, 3)
+    cloth = a[(a < WHITE_LEVEL).any(axis=1)]
+    return (cloth if len(cloth) else a).mean(0)
 
 
 def test_browser_stream_and_swap(tmp_path):
@@ -89,7 +94,9 @@ def test_browser_stream_and_swap(tmp_path):
     app = build_app(engine, config=cfg)
     manager = app.state.manager
     garments = sorted(p for p in garment_dir.glob("*.png"))
-    g_a, g_b = garments[0].stem, garments[1].stem  # the UI starts with the first garment selected
+    # the UI starts with the first garment selected; swap to the one whose colour differs most from it
+    far = max(garments[1:], key=lambda g: np.linalg.norm(_mean_rgb(g) - _mean_rgb(garments[0])))
+    g_a, g_b = garments[0].stem, far.stem
     produced: dict[str, list[np.ndarray]] = {g_a: [], g_b: []}
 
     def tap(frame):
@@ -150,7 +157,7 @@ def test_browser_stream_and_swap(tmp_path):
     assert np.linalg.norm(before - eng_a) < COLOUR_TOL, (before, eng_a)
     assert np.linalg.norm(after - eng_b) < COLOUR_TOL, (after, eng_b)
     if np.linalg.norm(eng_b - eng_a) >= REACTS_MIN:
-        toward = _mean_rgb(garments[1]) - _mean_rgb(garments[0])
+        toward = _mean_rgb(far) - _mean_rgb(garments[0])
         assert np.dot(after - before, toward) > 0, "colours did not move toward the new garment"
     else:
         print(f"\nengine output does not follow the garment colour (random weights?): {eng_a} -> {eng_b}")
