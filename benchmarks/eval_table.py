@@ -97,8 +97,9 @@ def write_md(path: Path, block: str) -> None:
 
 
 def run_key(name: str, model_dir: Path | None) -> str:
-    """Cache-file stem: the full model name (slugged) + a digest of the checkpoint's weights, so a retrained
-    model (or two names sharing a first word) never reuses another run's results."""
+    """Cache-file stem: the full model name (slugged) + a digest of the checkpoint's weight files' contents, so a
+    retrained model (or two names sharing a first word) never reuses another run's results, and a copied
+    checkpoint (runs/X/final exported to assets/) still finds its own."""
     import hashlib
     import re
 
@@ -106,9 +107,9 @@ def run_key(name: str, model_dir: Path | None) -> str:
     if model_dir is None:
         return slug
     h = hashlib.sha1(name.encode())
-    for f in sorted(Path(model_dir).rglob("*.safetensors")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for f in sorted(Path(model_dir).rglob("*.safetensors"), key=lambda f: f.relative_to(model_dir).as_posix()):
+        h.update(f.relative_to(model_dir).as_posix().encode())
+        h.update(hashlib.sha1(f.read_bytes()).digest())
     return f"{slug}_{h.hexdigest()[:8]}"
 
 
