@@ -85,6 +85,54 @@ def accuracy_table(acc: dict | None) -> str:
     return "\n".join(lines) + f"\n\n{acc['frames']} held-out {acc['split'].upper()}-split frames."
 
 
+def _case_values(res: dict) -> dict[str, dict[int, float]]:
+    """Per-case means of the paired metrics: fidelity (all segments), swap success (post-swap segments), flicker."""
+    import math
+
+    out: dict[str, dict[int, float]] = {"fidelity": {}, "swap_success": {}, "flicker": {}}
+
+    def mean(v):
+        v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+        return sum(v) / len(v) if v else None
+
+    for c in res.get("per_case", []):
+        segs = c.get("segments", [])
+        for k, v in (("fidelity", mean([g["fidelity"] for g in segs])),
+                     ("swap_success", mean([g["success"] for g in segs[1:]])),
+                     ("flicker", c.get("flicker"))):
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                out[k][c["case"]] = float(v)
+    return out
+
+
+def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, seed: int = 0) -> str:
+    """Each model minus `base` under the same policy, on the same cases: mean difference and a 95 % bootstrap
+    interval over cases (the cases are shared, so the pairing removes the case-to-case spread)."""
+    import numpy as np
+
+    by = {(name, r.get("policy")): _case_values(r) for name, r in rows}
+    lines = ["| model − " + base + " | policy | cases | Δ garment fidelity [95 % CI] | Δ swap success [95 % CI] | "
+             "Δ flicker [95 % CI] |", "|---|---|---|---|---|---|"]
+    rng = np.random.default_rng(seed)
+    for (name, policy), vals in by.items():
+        if name == base or (base, policy) not in by:
+            continue
+        ref = by[(base, policy)]
+        cells, n_cases = [], 0
+        for k in ("fidelity", "swap_success", "flicker"):
+            common = sorted(set(vals[k]) & set(ref[k]))
+            if not common:
+                cells.append("–")
+                continue
+            d = np.array([vals[k][i] - ref[k][i] for i in common])
+            boot = d[rng.integers(0, len(d), (samples, len(d)))].mean(axis=1)
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            n_cases = max(n_cases, len(common))
+        lines.append(f"| {name} | {policy} | {n_cases} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def write_md(path: Path, block: str) -> None:
     text = path.read_text() if path.is_file() else "# Evaluation\n\n"
     new = f"{START}\n{block}\n{END}"
@@ -182,6 +230,8 @@ def main(argv=None) -> int:
         "Models available: " + (", ".join(f"`{k}` (`{v}`)" for k, v in models.items()) or "none") +
         (". Not available: " + ", ".join(missing) if missing else "") + ".",
         table(rows, missing),
+        *([f"### Paired differences against the {EXPECTED_MODELS[0]} (same cases)", paired]
+          if (paired := paired_table(rows, EXPECTED_MODELS[0])) else []),
         "### Evaluation model held-out accuracy",
         accuracy_table(ev.accuracy()),
     ])

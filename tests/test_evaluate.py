@@ -68,3 +68,40 @@ def test_run_case_records_actual_swap_frames():
     assert r["video"].shape[0] == 48
     chunk = E.settle_frames(eng)
     assert all(0 <= a - q < chunk for a, q in zip(r["actual_swaps"], case.swap_frames))
+
+
+def _fake_result(policy, fid, succ, flick):
+    """The shape `evaluate()` writes, reduced to what the table reads."""
+    return {"policy": policy, "per_case": [
+        {"case": i, "flicker": flick[i],
+         "segments": [{"fidelity": fid[i], "success": 1.0}, {"fidelity": fid[i], "success": succ[i]}]}
+        for i in range(len(fid))]}
+
+
+def test_eval_table_cache_keys_and_paired_differences(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from eval_table import paired_table, run_key
+
+    # cache key: the full name and the weight contents, not the first word or the folder
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "transformer").mkdir(parents=True)
+        (d / "transformer" / "w.safetensors").write_bytes(b"same bytes")
+    assert run_key("DMD student τ=0.2", a) != run_key("DMD student τ=∞", a)
+    assert run_key("x", a) == run_key("x", b)
+    (b / "transformer" / "w.safetensors").write_bytes(b"retrained")
+    assert run_key("x", a) != run_key("x", b)
+    # paired differences: a constant +0.1 fidelity gap has a zero-width interval; unmatched policies are skipped
+    n = 20
+    base = _fake_result("disentangle", [0.5] * n, [0.0] * n, [1.0] * n)
+    better = _fake_result("disentangle", [0.6] * n, [1.0] * (n // 2) + [0.0] * (n // 2), [2.0] * n)
+    other = _fake_result("refresh", [0.9] * n, [1.0] * n, [1.0] * n)
+    md = paired_table([("base", base), ("m", better), ("m", other)], "base")
+    row = [line for line in md.splitlines() if line.startswith("| m |")]
+    assert len(row) == 1 and "| disentangle | 20 |" in row[0]
+    assert "+0.100 [+0.100, +0.100]" in row[0] and "+1.000 [+1.000, +1.000]" in row[0]
+    assert "+0.500 [" in row[0]
+    assert paired_table([("base", base)], "base") == ""
