@@ -203,9 +203,10 @@ def main(argv=None) -> int:
         runs += [(name, p, per_policy.get(p, n) if i == 0 else n) for p in policies]
     if a.random_weights:
         runs += [("random-weights tiny", p, a.cases_other or a.cases) for p in policies]
+    keys = {name: run_key(name, models.get(name)) for name, _, _ in runs}  # hashes each checkpoint once
     rows = []
     for name, policy, n in runs:
-        out = jdir / f"{run_key(name, models.get(name))}_{policy}_n{n}_s{a.seed}.json"
+        out = jdir / f"{keys[name]}_{policy}_n{n}_s{a.seed}.json"
         if out.is_file():
             res = json.loads(out.read_text())
         else:

@@ -624,8 +624,9 @@ def _fmt(v: Any) -> Any:
 
 
 def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = None,
-                        output_dir: str | None = None) -> "TrainConfig":
-    """The train-section overrides every entry point shares (--smoke / --max-steps / --out); sets CPU threads.
+                        output_dir: str | None = None, num_threads: int | None = None) -> "TrainConfig":
+    """The train-section overrides every entry point shares (--smoke / --max-steps / --out / --threads); sets the
+    CPU threads.
 
     `smoke` is a stage's smoke section (needs `max_steps` and `batch_size`).
     """
@@ -637,6 +638,8 @@ def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = 
         over["max_steps"] = max_steps
     if output_dir:
         over["output_dir"] = output_dir
+    if num_threads:
+        over["num_threads"] = num_threads
     cfg = dataclass_from_dict(TrainConfig, {**vars(cfg), **over})
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

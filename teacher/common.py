@@ -434,8 +434,9 @@ def export_stage(trainer, name: str, comp: Components, dest: str | os.PathLike, 
 
 
 # ------------------------------------------------------------------------------------------------ stage entry points
-def stage_parser(description: str, init_help: str = "stage folder to start from (overrides model.init)"):
-    """The command line every training stage shares; stages add their own extra flags."""
+def stage_parser(description: str, init_help: str | None = "stage folder to start from (overrides model.init)"):
+    """The command line every training stage shares; stages add their own extra flags (no --init if
+    `init_help` is None)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -445,7 +446,8 @@ def stage_parser(description: str, init_help: str = "stage folder to start from 
     ap.add_argument("--out", help="output directory (overrides train.output_dir)")
     ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
     ap.add_argument("--until", type=int, help="stop (and checkpoint) at this step without changing the schedule")
-    ap.add_argument("--init", help=init_help)
+    if init_help is not None:
+        ap.add_argument("--init", help=init_help)
     ap.add_argument("--threads", type=int, help="CPU threads (overrides train.num_threads)")
     return ap
 
@@ -454,11 +456,9 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
     """Apply --smoke / --max-steps / --out / --threads to the train and data sections; set the CPU threads."""
     from fashionchameleon.trainer import apply_cli_overrides, dataclass_from_dict
 
-    if getattr(args, "threads", None):
-        train_cfg = dataclass_from_dict(type(train_cfg), {**vars(train_cfg), "num_threads": args.threads})
     if args.smoke:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
-    train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out)
+    train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads)
     return train_cfg, data
 
 

@@ -10,7 +10,6 @@ gives roughly unit-scale latents for the diffusion model.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -25,6 +24,7 @@ import torch
 from fashionchameleon.trainer import (StepContext, TrainConfig, Trainer, apply_cli_overrides, dataclass_from_dict,
                                      load_yaml_config)
 from fashionchameleon.vae import FastVAE, latent_frames, load_vae
+from teacher.common import stage_parser
 
 
 @dataclass
@@ -159,13 +159,7 @@ def export(vae: FastVAE, dest: Path, stats: tuple[list[float], list[float]], fp1
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--smoke", action="store_true", help="tiny run (< 1 min on CPU) using the config's smoke section")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest step_* checkpoint")
-    ap.add_argument("--out", help="output directory (overrides train.output_dir)")
-    ap.add_argument("--max-steps", type=int, help="overrides train.max_steps")
-    args = ap.parse_args(argv)
+    args = stage_parser(__doc__, init_help=None).parse_args(argv)
 
     cfg = load_yaml_config(args.config, SECTIONS)
     train_cfg: TrainConfig = cfg["train"]
@@ -176,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": s.train_length,
                                                 "val_length": s.val_length})
         ev = dataclass_from_dict(EvalConfig, {**vars(ev), "stats_clips": s.stats_clips})
-    train_cfg = apply_cli_overrides(train_cfg, cfg["smoke"] if args.smoke else None, args.max_steps, args.out)
+    train_cfg = apply_cli_overrides(train_cfg, cfg["smoke"] if args.smoke else None, args.max_steps, args.out,
+                                    args.threads)
 
     vae = FastVAE(**cfg["model"])
     latent_frames(data.frames, vae.temporal_factor)  # fail early on a bad clip length
@@ -208,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"]), train_ds, eval_fn=eval_fn)
     t0 = time.perf_counter()
-    res = trainer.train(resume=args.resume)
+    res = trainer.train(resume=args.resume, until=args.until)
     if not trainer.accelerator.is_main_process:
         return res
     final = current_model(trainer)
