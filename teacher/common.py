@@ -14,13 +14,13 @@ import copy
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fashionchameleon.configs import Preset, get_preset
+from fashionchameleon.configs import Preset, StreamConfig, get_preset
 from fashionchameleon.model import CausalWanTransformer3DModel
 from fashionchameleon.sampling import FlowMatching
 from fashionchameleon.text import LearnedTextEncoder, build_text_encoder
@@ -45,6 +45,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_backend: str = "sdpa"  # sdpa | flex | xformers
     train_text_encoder: bool = True  # only the learned demo encoder is trainable; umT5 stays frozen
+    # StreamConfig fields replacing the preset's (or the init stage's), e.g. {timestep_shift: 1.0}; the stage
+    # folder this run writes carries them, so the students and the streaming engine inherit them
+    stream: dict[str, Any] | None = None
 
 
 @dataclass
@@ -184,6 +187,8 @@ def build_components(cfg: ModelConfig) -> Components:
             vae = build_vae(preset.vae)
         text = build_text_encoder(preset.text)
         comp = Components(preset, transformer, vae, text)
+    if cfg.stream:
+        comp.preset.stream = StreamConfig.from_dict({**asdict(comp.preset.stream), **cfg.stream})
     comp.vae.eval().requires_grad_(False)
     trainable_text = cfg.train_text_encoder and isinstance(comp.text_encoder, LearnedTextEncoder)
     comp.text_encoder.requires_grad_(trainable_text)

@@ -1,6 +1,9 @@
 """Train the demo `FastVAE` on mannequin-world clips and report held-out PSNR.
 
     python -m teacher.train_vae --config teacher/configs/vae_tiny.yaml [--smoke] [--resume] [--out DIR] [--max-steps N]
+    # decoder-only fine-tune of a trained VAE: frozen encoder (the latent space, and every DiT trained in it, stay
+    # valid) and noisy latents, so the decoder learns to absorb a diffusion model's latent error
+    python -m teacher.train_vae --config teacher/configs/vae_tiny_dec.yaml
 
 Outputs (under `train.output_dir` or --out): trainer checkpoints `step_XXXXXX/`, `log.csv`, `eval.jsonl`,
 `best/` (EMA weights with the best val PSNR so far), `final/` (EMA weights at the end) and `eval.json`.
@@ -63,8 +66,24 @@ class SmokeConfig:
     batch_size: int = 2
 
 
+@dataclass
+class FinetuneConfig:
+    init: str | None = None  # VAE folder to start from (its `config.json` replaces the `model` section)
+    freeze_encoder: bool = False  # keep the latent space (and its mean/std) of `init` exactly
+    # decoder input noise: z + s * std * eps with s ~ U(0, latent_noise) per clip (std = the latent std, so s is
+    # in the diffusion model's normalised units); 0 = plain reconstruction
+    latent_noise: float = 0.0
+    eval_noise: float = 0.2  # also report val PSNR when the latents carry this much noise
+
+    def __post_init__(self):
+        if self.latent_noise < 0 or self.eval_noise < 0:
+            raise ValueError("finetune.latent_noise and eval_noise must be >= 0")
+        if self.freeze_encoder and not self.init:
+            raise ValueError("finetune.freeze_encoder needs finetune.init (a trained VAE folder)")
+
+
 SECTIONS = {"train": TrainConfig, "model": dict, "data": DataConfig, "loss": LossConfig, "eval": EvalConfig,
-            "smoke": SmokeConfig}
+            "smoke": SmokeConfig, "finetune": FinetuneConfig}
 
 
 class MannequinClips(torch.utils.data.Dataset):
@@ -112,12 +131,33 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
-def make_step_fn(loss_cfg: LossConfig):
+def noisy_latents(vae: FastVAE, z: torch.Tensor, scale: torch.Tensor | float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Raw latents plus Gaussian noise of `scale` normalised units (per clip if `scale` is `[B]`)."""
+    std = torch.as_tensor(vae.latents_std, dtype=z.dtype, device=z.device)
+    std = std.view(1, -1, 1, 1, 1) if std.ndim else std
+    scale = torch.as_tensor(scale, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1, 1)
+    eps = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+    return z + scale * std * eps
+
+
+def make_step_fn(loss_cfg: LossConfig, ft: FinetuneConfig | None = None):
+    ft = ft or FinetuneConfig()
+
     def step_fn(ctx: StepContext, video: torch.Tensor) -> dict[str, Any]:
-        recon, z = ctx.models["vae"](video)
+        vae = ctx.models["vae"]
+        if ft.freeze_encoder:
+            with torch.no_grad():
+                z = vae.encode_raw(video)
+            s = torch.rand(video.shape[0], device=video.device) * ft.latent_noise
+            recon = vae.decode_raw(noisy_latents(vae, z, s) if ft.latent_noise else z)
+        else:
+            recon, z = vae(video)
         l1 = (recon - video).abs().mean()
         mse = (recon - video).pow(2).mean()
-        loss = loss_cfg.l1 * l1 + loss_cfg.mse * mse + loss_cfg.latent_l2 * z.pow(2).mean()
+        loss = loss_cfg.l1 * l1 + loss_cfg.mse * mse
+        if not ft.freeze_encoder:
+            loss = loss + loss_cfg.latent_l2 * z.pow(2).mean()
         if loss_cfg.edge:
             loss = loss + loss_cfg.edge * edge_l1(recon, video)
         return {"loss": loss, "l1": l1.detach(), "psnr_train": psnr(mse.detach())}
@@ -132,12 +172,17 @@ def psnr(mse: torch.Tensor | float) -> float:
 
 
 @torch.no_grad()
-def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> float:
+def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int, noise: float = 0.0) -> float:
+    """Mean held-out PSNR of encode -> decode; with `noise`, the latents get that much noise (fixed seed)."""
     vae.eval()
     scores = []
+    g = torch.Generator().manual_seed(0)
     for i in range(0, len(clips), batch_size):
         x = torch.stack(clips[i : i + batch_size]).to(vae.device)
-        y = vae.decode(vae.encode_video(x))
+        z = vae.encode_video(x)
+        if noise:
+            z = z + noise * torch.randn(z.shape, generator=g).to(z)
+        y = vae.decode(z)
         scores += [psnr((y[j] - x[j]).pow(2).mean()) for j in range(x.shape[0])]
     return sum(scores) / len(scores)
 
@@ -148,6 +193,10 @@ def latent_stats(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> tu
           for i in range(0, len(clips), batch_size)]
     z = torch.cat([t.transpose(0, 1).flatten(1) for t in zs], dim=1)  # [C, N]
     return z.mean(1).tolist(), z.std(1).clamp_min(1e-6).tolist()
+
+
+def _per_channel(value, n: int) -> list[float]:
+    return list(value) if isinstance(value, (list, tuple)) else [float(value)] * n
 
 
 def export(vae: FastVAE, dest: Path, stats: tuple[list[float], list[float]], fp16: bool = False) -> None:
@@ -173,7 +222,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_cfg = apply_cli_overrides(train_cfg, cfg["smoke"] if args.smoke else None, args.max_steps, args.out,
                                     args.threads)
 
-    vae = FastVAE(**cfg["model"])
+    ft: FinetuneConfig = cfg["finetune"]
+    if ft.init:
+        vae = load_vae(ft.init).float()
+        if not isinstance(vae, FastVAE):
+            raise ValueError(f"finetune.init must be a FastVAE folder, got {type(vae).__name__}")
+        init_stats = (list(map(float, _per_channel(vae.latents_mean, vae.z_dim))),
+                      list(map(float, _per_channel(vae.latents_std, vae.z_dim))))
+    else:
+        vae = FastVAE(**cfg["model"])
+    if ft.freeze_encoder:
+        vae.encoder.requires_grad_(False)
     latent_frames(data.frames, vae.temporal_factor)  # fail early on a bad clip length
     train_ds = VideoOnly(world_dataset("train", data, data.train_length, data.seed))
     val_ds = world_dataset("val", data, data.val_length, data.val_seed)
@@ -190,27 +249,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 params[name].data.copy_(shadow)
         return m
 
+    def stats_of(m: FastVAE):
+        # a frozen encoder keeps the exact normalisation the downstream models were trained with
+        return init_stats if ft.freeze_encoder else latent_stats(m, stats_clips, ev.batch_size)
+
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
         m = current_model(trainer)
         score = evaluate_psnr(m, val_clips, ev.batch_size)
-        best = json.loads(best_file.read_text())["psnr"] if best_file.is_file() else -math.inf
-        if trainer.accelerator.is_main_process and score > best:
-            export(m, out / "best", latent_stats(m, stats_clips, ev.batch_size))
-            best_file.write_text(json.dumps({"psnr": score, "step": trainer.step,
+        noisy = evaluate_psnr(m, val_clips, ev.batch_size, ft.eval_noise) if ft.eval_noise else None
+        # a noise-trained decoder is judged on clean and noisy latents alike
+        select = score if not ft.latent_noise or noisy is None else 0.5 * (score + noisy)
+        best = json.loads(best_file.read_text())["select"] if best_file.is_file() else -math.inf
+        if trainer.accelerator.is_main_process and select > best:
+            export(m, out / "best", stats_of(m))
+            best_file.write_text(json.dumps({"psnr": score, "psnr_noisy": noisy, "select": select, "step": trainer.step,
                                              "samples_seen": trainer.samples_seen}))
         trainer.models["vae"].train()
-        return {"val_psnr": score}
+        return {"val_psnr": score, **({"val_psnr_noisy": noisy} if noisy is not None else {})}
 
-    trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"]), train_ds, eval_fn=eval_fn)
+    trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"], ft), train_ds, eval_fn=eval_fn)
     t0 = time.perf_counter()
     res = trainer.train(resume=args.resume, until=args.until)
     if not trainer.accelerator.is_main_process:
         return res
     final = current_model(trainer)
-    export(final, out / "final", latent_stats(final, stats_clips, ev.batch_size))
+    export(final, out / "final", stats_of(final))
     reloaded = load_vae(out / "final")
     report = {
         "val_psnr": evaluate_psnr(reloaded, val_clips, ev.batch_size),
+        f"val_psnr_noise{ft.eval_noise:g}": evaluate_psnr(reloaded, val_clips, ev.batch_size, ft.eval_noise),
+        "finetune": vars(ft),
         "best": json.loads(best_file.read_text()) if best_file.is_file() else None,
         "step": trainer.step,
         "samples_seen": trainer.samples_seen,

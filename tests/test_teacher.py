@@ -168,3 +168,19 @@ def test_transfer_scores_tell_garments_apart():
         assert transfer_scores(video, old, gar, ev)["transfer"] < s["transfer"]
     summary = summarise_scores(scores)
     assert summary["transfer"] > 0.9 and summary["fidelity"] > summary["fidelity_old"]
+
+
+def test_model_stream_override_reaches_the_stage_folder(tmp_path, teacher_run):
+    """`model.stream` (e.g. the tiny runs' timestep shift) replaces the init stage's stream settings, drives the
+    training noise schedule and is written to the next stage folder, so the students and the engine inherit it."""
+    from teacher.common import save_stage
+
+    out, _ = teacher_run
+    comp = build_components(ModelConfig(init=str(out / "final"), stream={"timestep_shift": 1.0}))
+    assert comp.preset.stream.timestep_shift == 1.0 and comp.fm.shift == 1.0
+    assert comp.preset.stream.cache_frames == load_stage(out / "final").preset.stream.cache_frames
+    save_stage(tmp_path / "s", comp)
+    eng = StreamingEngine.from_checkpoint(tmp_path / "s")
+    assert eng.fm.shift == 1.0
+    with pytest.raises((TypeError, ValueError)):
+        build_components(ModelConfig(init=str(out / "final"), stream={"no_such_field": 1}))

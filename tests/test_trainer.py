@@ -102,3 +102,38 @@ def test_train_vae_smoke(tmp_path):
     assert isinstance(vae, FastVAE) and len(vae.config.latents_mean) == vae.z_dim
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 6
     assert load_vae(tmp_path / "run" / "best").z_dim == vae.z_dim
+
+
+def test_vae_decoder_finetune_keeps_latent_space(tmp_path):
+    """Decoder-only fine-tune: the encoder and the latent mean/std of the init VAE survive bit for bit (the
+    DiTs trained in that latent space stay valid); the decoder moves; noisy-latent PSNR is reported."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from teacher.train_vae import main
+
+    base = tmp_path / "base"
+    main(["--config", "teacher/configs/vae_smoke.yaml", "--smoke", "--out", str(base)])
+    cfg = yaml.safe_load(open("teacher/configs/vae_smoke.yaml"))
+    cfg["finetune"] = {"init": str(base / "final"), "freeze_encoder": True, "latent_noise": 0.5, "eval_noise": 0.2}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    report = main(["--config", str(tmp_path / "ft.yaml"), "--smoke", "--out", str(tmp_path / "ft")])
+    assert report["step"] == 6 and report["val_psnr_noise0.2"] < report["val_psnr"]
+    a = json.loads((base / "final" / "config.json").read_text())
+    b = json.loads((tmp_path / "ft" / "final" / "config.json").read_text())
+    assert a["latents_mean"] == b["latents_mean"] and a["latents_std"] == b["latents_std"]
+    wa = load_file(str(base / "final" / "diffusion_pytorch_model.safetensors"))
+    wb = load_file(str(tmp_path / "ft" / "final" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("encoder."))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa if k.startswith("decoder."))
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    torch.testing.assert_close(load_vae(base / "final").encode_video(x), load_vae(tmp_path / "ft" / "final").encode_video(x))
+
+
+def test_vae_finetune_config_errors():
+    from teacher.train_vae import FinetuneConfig
+
+    with pytest.raises(ValueError, match="needs finetune.init"):
+        FinetuneConfig(freeze_encoder=True)
+    with pytest.raises(ValueError, match=">= 0"):
+        FinetuneConfig(latent_noise=-1)
