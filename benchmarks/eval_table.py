@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=100, help="cases for the first model")
     ap.add_argument("--cases-other", type=int, default=None, help="cases for the other models (default --cases)")
     ap.add_argument("--cases-for", action="append", default=[],
-                    help="POLICY=N: case count of that policy for the first model (overrides --cases)")
+                    help="POLICY=N: case count of that policy for every model (overrides --cases/--cases-other)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--oracle-cases", type=int, default=None, help="cases of the oracle row (default --cases)")
     ap.add_argument("--no-oracle", action="store_true", help="skip the ground-truth-render row")
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     per_policy = {k: int(v) for k, _, v in (c.partition("=") for c in a.cases_for)}
     for i, name in enumerate(models):
         n = a.cases if i == 0 else (a.cases_other or a.cases)
-        runs += [(name, p, per_policy.get(p, n) if i == 0 else n) for p in policies]
+        runs += [(name, p, per_policy.get(p, n)) for p in policies]
     if a.random_weights:
         runs += [("random-weights tiny", p, a.cases_other or a.cases) for p in policies]
     keys = {name: run_key(name, models.get(name)) for name, _, _ in runs}  # hashes each checkpoint once
