@@ -371,10 +371,15 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         y = y.reshape(b, c, f * tf, *y.shape[-2:])
         return y[:, :, tf - 1 :] if prev is None else y
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training path: returns (reconstruction (unclamped), raw latent)."""
+    def forward(self, x: torch.Tensor, noise_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training path: returns (reconstruction (unclamped), raw latent). `noise_scale` `[B]`: the decoder sees
+        the latent plus Gaussian noise of that many normalised units (decoder fine-tuning, teacher/train_vae.py)."""
         z = self.encode_raw(x)
-        return self.decode_raw(z), z
+        if noise_scale is None:
+            return self.decode_raw(z), z
+        std = _as_channel_tensor(self.latents_std, self.z_dim, "latents_std", z)
+        scale = noise_scale.to(z).reshape(-1, *([1] * (z.ndim - 1)))
+        return self.decode_raw(z + scale * std * torch.randn_like(z)), z
 
     # -- public interface ---------------------------------------------------------------------------------------------
     @torch.no_grad()

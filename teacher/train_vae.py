@@ -131,28 +131,13 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
-def noisy_latents(vae: FastVAE, z: torch.Tensor, scale: torch.Tensor | float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Raw latents plus Gaussian noise of `scale` normalised units (per clip if `scale` is `[B]`)."""
-    std = torch.as_tensor(vae.latents_std, dtype=z.dtype, device=z.device)
-    std = std.view(1, -1, 1, 1, 1) if std.ndim else std
-    scale = torch.as_tensor(scale, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1, 1)
-    eps = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
-    return z + scale * std * eps
-
-
 def make_step_fn(loss_cfg: LossConfig, ft: FinetuneConfig | None = None):
     ft = ft or FinetuneConfig()
 
     def step_fn(ctx: StepContext, video: torch.Tensor) -> dict[str, Any]:
-        vae = ctx.models["vae"]
-        if ft.freeze_encoder:
-            with torch.no_grad():
-                z = vae.encode_raw(video)
-            s = torch.rand(video.shape[0], device=video.device) * ft.latent_noise
-            recon = vae.decode_raw(noisy_latents(vae, z, s) if ft.latent_noise else z)
-        else:
-            recon, z = vae(video)
+        # through the (possibly DDP-wrapped) forward; a frozen encoder gets no gradient either way
+        scale = torch.rand(video.shape[0], device=video.device) * ft.latent_noise if ft.latent_noise else None
+        recon, z = ctx.models["vae"](video, scale)
         l1 = (recon - video).abs().mean()
         mse = (recon - video).pow(2).mean()
         loss = loss_cfg.l1 * l1 + loss_cfg.mse * mse
@@ -259,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         noisy = evaluate_psnr(m, val_clips, ev.batch_size, ft.eval_noise) if ft.eval_noise else None
         # a noise-trained decoder is judged on clean and noisy latents alike
         select = score if not ft.latent_noise or noisy is None else 0.5 * (score + noisy)
-        best = json.loads(best_file.read_text())["select"] if best_file.is_file() else -math.inf
+        prev = json.loads(best_file.read_text()) if best_file.is_file() else {}
+        best = prev.get("select", prev.get("psnr", -math.inf))  # runs from before `select` kept only psnr
         if trainer.accelerator.is_main_process and select > best:
             export(m, out / "best", stats_of(m))
             best_file.write_text(json.dumps({"psnr": score, "psnr_noisy": noisy, "select": select, "step": trainer.step,

@@ -137,3 +137,16 @@ def test_vae_finetune_config_errors():
         FinetuneConfig(freeze_encoder=True)
     with pytest.raises(ValueError, match=">= 0"):
         FinetuneConfig(latent_noise=-1)
+
+
+def test_vae_forward_noise_scale_is_per_clip_in_normalised_units():
+    torch.manual_seed(0)
+    vae = FastVAE(z_dim=16, base_channels=8, num_res_blocks=1, latents_std=0.5).eval()
+    x = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    clean, z = vae(x)
+    same, z2 = vae(x, torch.zeros(2))
+    torch.testing.assert_close(same, clean)
+    torch.testing.assert_close(z2, z)
+    noisy, _ = vae(x, torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(noisy[0], clean[0])
+    assert (noisy[1] - clean[1]).abs().mean() > 1e-3
