@@ -180,11 +180,7 @@ def latent_stats(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> tu
     return z.mean(1).tolist(), z.std(1).clamp_min(1e-6).tolist()
 
 
-def _per_channel(value, n: int) -> list[float]:
-    return list(value) if isinstance(value, (list, tuple)) else [float(value)] * n
-
-
-def export(vae: FastVAE, dest: Path, stats: tuple[list[float], list[float]], fp16: bool = False) -> None:
+def export(vae: FastVAE, dest: Path, stats: tuple[Any, Any], fp16: bool = False) -> None:
     m = copy.deepcopy(vae).cpu().float()
     m.register_to_config(latents_mean=stats[0], latents_std=stats[1])
     if fp16:
@@ -212,8 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         vae = load_vae(ft.init).float()
         if not isinstance(vae, FastVAE):
             raise ValueError(f"finetune.init must be a FastVAE folder, got {type(vae).__name__}")
-        init_stats = (list(map(float, _per_channel(vae.latents_mean, vae.z_dim))),
-                      list(map(float, _per_channel(vae.latents_std, vae.z_dim))))
+        init_stats = (vae.config.latents_mean, vae.config.latents_std)  # exported unchanged
     else:
         vae = FastVAE(**cfg["model"])
     if ft.freeze_encoder:
@@ -263,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reloaded = load_vae(out / "final")
     report = {
         "val_psnr": evaluate_psnr(reloaded, val_clips, ev.batch_size),
-        f"val_psnr_noise{ft.eval_noise:g}": evaluate_psnr(reloaded, val_clips, ev.batch_size, ft.eval_noise),
+        **({f"val_psnr_noise{ft.eval_noise:g}": evaluate_psnr(reloaded, val_clips, ev.batch_size, ft.eval_noise)}
+           if ft.eval_noise else {}),
         "finetune": vars(ft),
         "best": json.loads(best_file.read_text()) if best_file.is_file() else None,
         "step": trainer.step,
