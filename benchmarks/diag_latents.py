@@ -1,0 +1,115 @@
+"""Run-3 diagnostics of docs/TRAINING.md: where a tiny model's blur comes from.
+
+    # how flat the latents a student commits to its cache get, chunk by chunk, vs real clips
+    python benchmarks/diag_latents.py history --ckpt assets/checkpoints/fashionchameleon-tiny
+    # one-step x0 of a teacher from noised held-out clips, PSNR vs the VAE's own reconstruction, per sigma
+    python benchmarks/diag_latents.py x0 --ckpt assets/checkpoints/teacher_tiny
+    # does the VAE use its non-colour latent channels? PSNR with them zeroed
+    python benchmarks/diag_latents.py channels --ckpt assets/checkpoints/teacher_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fashionchameleon.data import WorldDataset  # noqa: E402
+from fashionchameleon.data.folder import read_image  # noqa: E402
+from fashionchameleon.stream import StreamingEngine  # noqa: E402
+from teacher.common import encode_batch, incontext_flow, load_stage  # noqa: E402
+from teacher.sample import heldout_examples  # noqa: E402
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(4 / (a.float() - b.float()).pow(2).mean()))
+
+
+def spatial_std(z: torch.Tensor, colour: int) -> tuple[float, float]:
+    """Per-channel spatial std averaged over frames: (colour channels, the rest)."""
+    sd = z.float().std(dim=(-1, -2)).mean(dim=(0, 2))
+    return round(float(sd[:colour].mean()), 3), round(float(sd[colour:].mean()), 3)
+
+
+@torch.no_grad()
+def history(a) -> dict:
+    eng = StreamingEngine.from_checkpoint(a.ckpt)
+    ref = read_image(str(REPO / "assets/references" / a.reference))
+    gar = read_image(str(REPO / "assets/garments" / a.garment))
+    s = eng.new_session()
+    s.begin(ref, gar, a.prompt, seed=0)
+    n = eng.stream_config.chunk_frames
+    chunks = []
+    for _ in range(a.chunks):
+        s.step()
+        chunks.append(spatial_std(torch.cat(s.history_latents(), dim=2)[:, :, -n:], a.colour_channels))
+    ds = WorldDataset(split="test", size=(eng.height, eng.width), frames=a.frames, length=a.clips, seed=0)
+    real = torch.cat([eng.vae.encode_video(torch.as_tensor(ds[i]["video"])[None].float()) for i in range(a.clips)])
+    return {"real": spatial_std(real, a.colour_channels), "committed_per_chunk": chunks}
+
+
+def _heldout(comp, a):
+    exs = heldout_examples(comp, "test", a.clips, 21, 0)
+    batch = {k: torch.stack([torch.as_tensor(e[k]) for e in exs]) for k in ("reference", "garment", "video")}
+    return batch, [e["prompt"] for e in exs]
+
+
+@torch.no_grad()
+def x0(a) -> dict:
+    comp = load_stage(a.ckpt)
+    tr, vae = comp.transformer.eval(), comp.vae.eval()
+    batch, prompts = _heldout(comp, a)
+    ref, gar, vid = encode_batch(vae, batch, "cpu")
+    recon = vae.decode(vid)
+    text = comp.text_encoder(prompts).float()
+    noise = torch.randn(vid.shape, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for s in map(float, a.sigmas.split(",")):
+        t = torch.full((vid.shape[0],), s * comp.preset.stream.num_train_timesteps)
+        xt = (1 - s) * vid + s * noise
+        pred = xt - s * incontext_flow(tr, ref, gar, xt, t, text)
+        out[f"sigma{s:g}"] = {"psnr_vs_recon": round(psnr(vae.decode(pred), recon), 2),
+                             "psnr_vs_clip": round(psnr(vae.decode(pred), batch["video"]), 2)}
+    return out
+
+
+@torch.no_grad()
+def channels(a) -> dict:
+    comp = load_stage(a.ckpt)
+    vae = comp.vae.eval()
+    batch, _ = _heldout(comp, a)
+    vid = vae.encode_video(batch["video"].float())
+    z = vid.clone()
+    z[:, a.colour_channels:] = 0
+    return {"recon": round(psnr(vae.decode(vid), batch["video"]), 2),
+            "non_colour_channels_zeroed": round(psnr(vae.decode(z), batch["video"]), 2)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["history", "x0", "channels"])
+    ap.add_argument("--ckpt", required=True, help="stage folder")
+    ap.add_argument("--reference", default="ref_00.png")
+    ap.add_argument("--garment", default="longsleeve_hstripes_01.png")
+    ap.add_argument("--prompt", default="strikes a pose")
+    ap.add_argument("--chunks", type=int, default=6)
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=33)
+    ap.add_argument("--sigmas", default="0.95,0.83,0.625,0.5,0.25,0.1")
+    ap.add_argument("--colour-channels", type=int, default=3, help="FastVAE shortcut channels (mean colour)")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    res = {"history": history, "x0": x0, "channels": channels}[a.what](a)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
