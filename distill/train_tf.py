@@ -41,10 +41,24 @@ class TFConfig:
     # "uniform": each noisy chunk's t uniform over the shifted 1000-step grid (paper). "student": drawn from the
     # student's own warped denoising steps, the only ones the 4-step sampler ever queries (a CPU-budget choice).
     timesteps: str = "uniform"
+    # Exposure bias: the stream conditions each chunk on latents it committed itself (posterior means, flatter than
+    # real clips), teacher forcing only on real ones. With probability `self_history` a clip's clean history is
+    # replaced by the student's own detached one-step x0 of a noised copy, each chunk at a sigma drawn uniformly
+    # from `self_history_sigma`. The targets stay the real latents. 0 = the paper's recipe.
+    self_history: float = 0.0
+    self_history_sigma: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self):
         if self.timesteps not in ("uniform", "student"):
             raise ValueError(f"tf.timesteps must be 'uniform' or 'student', got {self.timesteps!r}")
+        if not 0.0 <= self.self_history <= 1.0:
+            raise ValueError(f"tf.self_history is a probability in [0, 1], got {self.self_history}")
+        sr = list(self.self_history_sigma)
+        lo, hi = (float(sr[0]), float(sr[-1])) if sr else (0.0, 0.0)
+        if len(sr) != 2 or not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"tf.self_history_sigma must be [lo, hi] with 0 < lo <= hi <= 1, got "
+                             f"{list(self.self_history_sigma)}")
+        self.self_history_sigma = (lo, hi)
 
 
 SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "tf": TFConfig, "smoke": SmokeConfig}
@@ -98,22 +112,50 @@ def tf_forward(transformer, ref: torch.Tensor, gar: torch.Tensor, clean: torch.T
     return out[:, :, frames + cond:]
 
 
+def _mask_for(transformer, masks: TFMask, ref, gar, vid):
+    _, ph, pw = transformer.config.patch_size
+    tpf = (vid.shape[3] // ph) * (vid.shape[4] // pw)
+    frames = ref.shape[2] + gar.shape[2] + vid.shape[2]
+    flex = vid.is_cuda and transformer.attn_backend == "flex"
+    return masks(frames, tpf, vid.device, flex)  # both builders take the per-half frame count
+
+
+@torch.no_grad()
+def self_history(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int, p: float,
+                 sigma_range: tuple[float, float], generator: torch.Generator | None = None) -> torch.Tensor:
+    """`vid` with the history of a random `p` of the clips replaced by the model's one-step x0 (see TFConfig).
+
+    Chunk j's x0 sees the real history before it, as in the teacher-forcing pass itself."""
+    b, _, f = vid.shape[:3]
+    pick = (torch.rand(b, generator=generator) < p).nonzero().flatten().tolist()
+    if not pick:
+        return vid
+    n = len(pick)
+    lo, hi = sigma_range
+    s = lo + (hi - lo) * torch.rand(n, -(-f // chunk), generator=generator)
+    t = (s * fm.num_train_timesteps).repeat_interleave(chunk, dim=1)[:, :f].to(vid.device)
+    sub = [x[pick] for x in (ref, gar, vid, text)]
+    noise = torch.randn(sub[2].shape, generator=generator).to(vid)
+    x_t = fm.add_noise(sub[2], noise, t)
+    flow = tf_forward(transformer, sub[0], sub[1], sub[2], x_t, t, sub[3], _mask_for(transformer, masks, *sub[:3]))
+    out = vid.clone()
+    out[pick] = fm.x0_from_flow(x_t, flow, t).to(vid.dtype)
+    return out
+
+
 def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int,
             noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None,
             weighting: str = "bell", region: torch.Tensor | None = None,
-            choices: torch.Tensor | None = None) -> torch.Tensor:
+            choices: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow-matching loss on the noisy half; `history` (default: `vid`) fills the clean half."""
     b, _, f = vid.shape[:3]
     if t_video is None:
         t_video = chunk_timesteps(fm, b, f, chunk, vid.device, choices)
     if noise is None:
         noise = torch.randn_like(vid)
     x_t = fm.add_noise(vid, noise, t_video)
-    _, ph, pw = transformer.config.patch_size
-    tpf = (vid.shape[3] // ph) * (vid.shape[4] // pw)
-    frames = ref.shape[2] + gar.shape[2] + f
-    flex = vid.is_cuda and transformer.attn_backend == "flex"
-    mask = masks(frames, tpf, vid.device, flex)  # both builders take the per-half frame count
-    pred = tf_forward(transformer, ref, gar, vid, x_t, t_video, text, mask)
+    mask = _mask_for(transformer, masks, ref, gar, vid)
+    pred = tf_forward(transformer, ref, gar, vid if history is None else history, x_t, t_video, text, mask)
     return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting, region)
 
 
@@ -132,8 +174,12 @@ def make_step_fn(comp, data: DataConfig, tf: TFConfig = TFConfig()):
             text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)
         region = latent_region_weight(batch.get("garment_mask"), vid.shape, comp.preset.temporal_factor,
                                       data.garment_loss_weight)
+        history = None
+        if tf.self_history > 0:
+            history = self_history(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
+                                   tf.self_history, tf.self_history_sigma)
         loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
-                       weighting=data.loss_weighting, region=region, choices=choices)
+                       weighting=data.loss_weighting, region=region, choices=choices, history=history)
         return {"loss": loss}
 
     return step_fn

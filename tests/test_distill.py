@@ -220,3 +220,63 @@ def test_tf_student_timesteps_draw_only_the_sampler_steps():
     assert len(chunk_timesteps(fm, 64, 8, 3, "cpu").unique()) > 4  # default: the whole grid
     with pytest.raises(ValueError, match="timesteps"):
         TFConfig(timesteps="bogus")
+
+
+def _tiny_clip(comp, clips: int, seed: int = 0):
+    stream = comp.preset.stream
+    z = comp.transformer.config.in_channels
+    g = torch.Generator().manual_seed(seed)
+    ref, gar = (torch.randn(clips, z, 1, 4, 4, generator=g) for _ in range(2))
+    vid = torch.randn(clips, z, 2 * stream.chunk_frames, 4, 4, generator=g)
+    return ref, gar, vid, comp.text_encoder(["walks forward"] * clips)
+
+
+def test_self_history_replaces_a_fraction_with_causal_detached_x0():
+    from distill.train_tf import self_history
+
+    comp = build_components(ModelConfig(preset="test"))
+    tr, fm, c = comp.transformer, comp.fm, comp.preset.stream.chunk_frames
+    masks = TFMask(c, comp.preset.stream.cond_frames)
+    ref, gar, vid, text = _tiny_clip(comp, 64)
+
+    assert self_history(tr, fm, masks, ref, gar, vid, text, c, 0.0, (0.5, 0.5)) is vid
+    out = self_history(tr, fm, masks, ref, gar, vid, text, c, 0.5, (0.25, 1.0), torch.Generator().manual_seed(1))
+    assert not out.requires_grad and out.shape == vid.shape
+    replaced = (out != vid).flatten(1).any(dim=1)
+    assert 16 < int(replaced.sum()) < 48  # about half the clips, the others untouched bit for bit
+    assert torch.equal(out[~replaced], vid[~replaced])
+
+    # it is the model's one-step x0: at a vanishing sigma it gives the clip back
+    near = self_history(tr, fm, masks, ref[:2], gar[:2], vid[:2], text[:2], c, 1.0, (1e-4, 1e-4))
+    assert torch.allclose(near, vid[:2], atol=1e-2) and not torch.equal(near, vid[:2])
+
+    # chunk 0's x0 sees only chunk 0 (its real history is empty): changing the last chunk leaves it alone
+    later = vid[:4].clone()
+    later[:, :, c:] += 1.0
+    a = self_history(tr, fm, masks, ref[:4], gar[:4], vid[:4], text[:4], c, 1.0, (0.6, 0.6),
+                     torch.Generator().manual_seed(2))
+    b = self_history(tr, fm, masks, ref[:4], gar[:4], later, text[:4], c, 1.0, (0.6, 0.6),
+                     torch.Generator().manual_seed(2))
+    assert torch.allclose(a[:, :, :c], b[:, :, :c], atol=1e-5)
+    assert not torch.allclose(a[:, :, c:], b[:, :, c:], atol=1e-3)
+
+
+def test_tf_loss_history_fills_the_clean_half_only():
+    from distill.train_tf import TFConfig, tf_loss
+
+    comp = build_components(ModelConfig(preset="test"))
+    tr, fm, c = comp.transformer, comp.fm, comp.preset.stream.chunk_frames
+    masks = TFMask(c, comp.preset.stream.cond_frames)
+    ref, gar, vid, text = _tiny_clip(comp, 2)
+    noise = torch.randn_like(vid)
+    t = torch.full((2, vid.shape[2]), 500.0)
+    kw = dict(noise=noise, t_video=t, weighting="uniform")
+    base = tf_loss(tr, fm, masks, ref, gar, vid, text, c, **kw)
+    assert torch.equal(base, tf_loss(tr, fm, masks, ref, gar, vid, text, c, history=vid, **kw))
+    assert not torch.equal(base, tf_loss(tr, fm, masks, ref, gar, vid, text, c, history=vid * 0.5, **kw))
+    with pytest.raises(ValueError, match="self_history"):
+        TFConfig(self_history=1.5)
+    with pytest.raises(ValueError, match="self_history_sigma"):
+        TFConfig(self_history_sigma=(0.8, 0.2))
+    with pytest.raises(ValueError, match="self_history_sigma"):
+        TFConfig(self_history_sigma=(0.1, 0.2, 0.3))
