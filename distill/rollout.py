@@ -1,9 +1,9 @@
 """Self-Forcing rollout of the causal student, step for step what `StreamingSession.step` does at inference.
 
 Prefill `[ref, garment]` at t = 0 (cache op "cond"), then per chunk: fresh noise, the warped few-step schedule with
-x0 re-noising (fresh noise between steps), and one clean pass at t = 0 that commits the chunk's K/V. With
-`exit_step = k` the chunk's output is the x0 prediction of step k (Self-Forcing's stochastic exit); with
-`grad=True` only that forward keeps gradients, everything else (and the cache) is built without them.
+x0 re-noising (fresh noise between steps), and one context pass that commits the chunk's K/V (clean at t = 0,
+or re-noised to `stream.context_noise`). With `exit_step = k` the chunk's output is the x0 prediction of step k
+(Self-Forcing's stochastic exit); with `grad=True` only that forward keeps gradients, everything else (and the cache) is built without them.
 Noise is drawn on the CPU from `generator` in the same order as the session, so for batch 1 and
 `exit_step = last` the output equals the session's latents.
 """
@@ -53,8 +53,11 @@ def rollout(transformer, fm: FlowMatching, stream: StreamConfig, ref: torch.Tens
                 break
             x = fm.add_noise(x0.detach(), noise(), steps[i + 1])
         with torch.no_grad():
-            # the clean context pass (context_noise = 0) writes this chunk's K/V for the next chunks
-            transformer(x0.detach(), torch.zeros(b, f, device=dev), text, kv_cache=cache, cache_op="commit")
+            # the context pass writes this chunk's K/V for the next chunks (re-noised if stream.context_noise > 0)
+            ctx, x_in = stream.context_noise, x0.detach()
+            if ctx > 0:
+                x_in = fm.add_noise(x_in, noise(), ctx)
+            transformer(x_in, torch.full((b, f), float(ctx), device=dev), text, kv_cache=cache, cache_op="commit")
         outs.append(x0)
     return outs
 

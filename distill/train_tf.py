@@ -47,6 +47,9 @@ class TFConfig:
     # from `self_history_sigma`. The targets stay the real latents. 0 = the paper's recipe.
     self_history: float = 0.0
     self_history_sigma: tuple[float, float] = (0.25, 0.75)
+    # > 0: the clean half's video frames are re-noised to a per-clip timestep ~ U[0, context_noise_max] (and get it
+    # as their t), so the student can stream with `stream.context_noise` <= this (see StreamConfig).
+    context_noise_max: float = 0.0
 
     def __post_init__(self):
         if self.timesteps not in ("uniform", "student"):
@@ -59,6 +62,8 @@ class TFConfig:
             raise ValueError(f"tf.self_history_sigma must be [lo, hi] with 0 < lo <= hi <= 1, got "
                              f"{list(self.self_history_sigma)}")
         self.self_history_sigma = (lo, hi)
+        if self.context_noise_max < 0:
+            raise ValueError(f"tf.context_noise_max must be >= 0, got {self.context_noise_max}")
 
 
 SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "tf": TFConfig, "smoke": SmokeConfig}
@@ -96,16 +101,20 @@ def chunk_timesteps(fm: FlowMatching, batch: int, frames: int, chunk: int, devic
 
 
 def tf_forward(transformer, ref: torch.Tensor, gar: torch.Tensor, clean: torch.Tensor, x_t: torch.Tensor,
-               t_video: torch.Tensor, text: torch.Tensor, mask) -> torch.Tensor:
-    """Flow prediction for the noisy video frames of `[clean ref, gar, video] ++ [ref, gar, x_t]`."""
+               t_video: torch.Tensor, text: torch.Tensor, mask, t_clean: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow prediction for the noisy video frames of `[clean ref, gar, video] ++ [ref, gar, x_t]`.
+
+    `t_clean [B, f]`: the timesteps of the clean half's video frames (default 0; > 0 with context noise)."""
     b = clean.shape[0]
     cond = ref.shape[2] + gar.shape[2]
     clean_half = torch.cat([ref, gar, clean], dim=2)
     noisy_half = torch.cat([ref, gar, x_t], dim=2)
     frames = clean_half.shape[2]
     hidden = torch.cat([clean_half, noisy_half], dim=2)
-    zeros = t_video.new_zeros(b, frames + cond)
-    timestep = torch.cat([zeros, t_video], dim=1)  # clean half and the noisy conditions at t = 0
+    if t_clean is None:
+        t_clean = t_video.new_zeros(b, clean.shape[2])
+    zeros = t_video.new_zeros(b, cond)
+    timestep = torch.cat([zeros, t_clean, zeros, t_video], dim=1)  # all conditions at t = 0
     pos = torch.arange(frames)
     out = transformer(hidden, timestep, text, frame_positions=torch.cat([pos, pos]), attention_mode="block_causal",
                       attention_mask=mask).sample
@@ -146,8 +155,10 @@ def self_history(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, te
 def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, chunk: int,
             noise: torch.Tensor | None = None, t_video: torch.Tensor | None = None,
             weighting: str = "bell", region: torch.Tensor | None = None,
-            choices: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
-    """Flow-matching loss on the noisy half; `history` (default: `vid`) fills the clean half."""
+            choices: torch.Tensor | None = None, history: torch.Tensor | None = None,
+            context_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow-matching loss on the noisy half; `history` (default: `vid`) fills the clean half, re-noised to the
+    per-clip timesteps `context_t [B]` if given."""
     b, _, f = vid.shape[:3]
     if t_video is None:
         t_video = chunk_timesteps(fm, b, f, chunk, vid.device, choices)
@@ -155,7 +166,11 @@ def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, c
         noise = torch.randn_like(vid)
     x_t = fm.add_noise(vid, noise, t_video)
     mask = _mask_for(transformer, masks, ref, gar, vid)
-    pred = tf_forward(transformer, ref, gar, vid if history is None else history, x_t, t_video, text, mask)
+    clean, t_clean = vid if history is None else history, None
+    if context_t is not None:
+        t_clean = context_t.to(vid.device).float()[:, None].expand(b, f)
+        clean = fm.add_noise(clean, torch.randn_like(clean), t_clean)
+    pred = tf_forward(transformer, ref, gar, clean, x_t, t_video, text, mask, t_clean)
     return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting, region)
 
 
@@ -178,8 +193,12 @@ def make_step_fn(comp, data: DataConfig, tf: TFConfig = TFConfig()):
         if tf.self_history > 0:
             history = self_history(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
                                    tf.self_history, tf.self_history_sigma)
+        context_t = None
+        if tf.context_noise_max > 0:
+            context_t = torch.rand(vid.shape[0]) * tf.context_noise_max
         loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
-                       weighting=data.loss_weighting, region=region, choices=choices, history=history)
+                       weighting=data.loss_weighting, region=region, choices=choices, history=history,
+                       context_t=context_t)
         return {"loss": loss}
 
     return step_fn

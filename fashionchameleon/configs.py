@@ -26,6 +26,10 @@ class StreamConfig:
     # "rolling": re-rotate window keys on eviction so positions stay inside the trained range;
     # "absolute": positions grow forever, as in the released FashionChameleon loop.
     rope_mode: str = "rolling"
+    # Timestep at which a finished chunk is re-noised before its cache-write pass (Self-Forcing's `context_noise`;
+    # 0 = the clean write of the paper). A noised history damps the stream's feedback on its own artefacts; the
+    # student must be trained for it (distill.train_tf `tf.context_noise_max`).
+    context_noise: float = 0.0
 
     def __post_init__(self):
         self.denoising_steps = tuple(int(s) for s in self.denoising_steps)
@@ -40,6 +44,8 @@ class StreamConfig:
             raise ValueError(f"rope_mode must be 'rolling' or 'absolute', got {self.rope_mode!r}")
         if not self.denoising_steps:
             raise ValueError("denoising_steps must not be empty")
+        if not 0.0 <= self.context_noise < self.num_train_timesteps:
+            raise ValueError(f"context_noise must be in [0, {self.num_train_timesteps}), got {self.context_noise}")
 
     @property
     def sink_frames(self) -> int:

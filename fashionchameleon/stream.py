@@ -307,8 +307,13 @@ class StreamingSession:
 
     def _commit(self, x0: torch.Tensor) -> None:
         e = self.engine
-        t = torch.zeros(1, x0.shape[2], device=e.device)
-        e.transformer(x0, t, self.text, kv_cache=self.cache, cache_op="commit", crossattn_cache=self.cross_cache)
+        ctx = e.stream_config.context_noise
+        t = torch.full((1, x0.shape[2]), float(ctx), device=e.device)
+        x_in = x0
+        if ctx > 0:
+            eps = torch.randn(x0.shape, generator=self.generator).to(x0.device, x0.dtype)
+            x_in = e.fm.add_noise(x0, eps, ctx)
+        e.transformer(x_in, t, self.text, kv_cache=self.cache, cache_op="commit", crossattn_cache=self.cross_cache)
         frames = list(x0.split(1, dim=2))
         sink_room = e.stream_config.sink_frames - len(self.sink_latents)
         if sink_room > 0:

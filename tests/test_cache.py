@@ -120,6 +120,8 @@ def test_errors_are_clear():
         m(torch.randn(1, 16, 2, 4, 4), torch.zeros(1, 2), torch.randn(1, 4, 16), kv_cache=cache, cache_op="read")
     with pytest.raises(ValueError, match="cache_frames"):
         StreamConfig(chunk_frames=3, cache_frames=7)
+    with pytest.raises(ValueError, match="context_noise"):
+        StreamConfig(context_noise=1000.0)
     with pytest.raises(ValueError, match="rerotate"):
         KVCache(1, 1, 12, CacheLayout.from_stream(stream, 4), rope_mode="rolling")
 

@@ -135,8 +135,10 @@ def test_softmax_weights_favour_low_reward_chunks():
         chunk_weights(r, 2, 6, 0.0)
 
 
-def test_rollout_matches_streaming_session():
+@pytest.mark.parametrize("context_noise", [0.0, 200.0])
+def test_rollout_matches_streaming_session(context_noise):
     engine = StreamingEngine.from_preset("test", seed=3)
+    engine.stream_config.context_noise = context_noise
     cfg = engine.stream_config
     rng = np.random.default_rng(0)
     ref_img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
@@ -155,6 +157,17 @@ def test_rollout_matches_streaming_session():
                       generator=torch.Generator().manual_seed(7))
     ours = torch.cat(out, dim=2)
     assert torch.allclose(ours, session_latents, atol=1e-5), (ours - session_latents).abs().max()
+    if context_noise:  # the re-noised commit changes what the next chunk sees
+        clean = StreamingEngine.from_preset("test", seed=3)
+        s0 = clean.new_session(policy="disentangle")
+        s0.begin(ref_img, gar_img, "walks forward", seed=7)
+        s0.step()
+        first = torch.cat(s0.history_latents(), dim=2)
+        s0.step()
+        other = torch.cat(s0.history_latents(), dim=2)
+        f = cfg.chunk_frames
+        assert torch.allclose(first[:, :, :f], session_latents[:, :, :f], atol=1e-5)
+        assert not torch.allclose(other[:, :, f:], session_latents[:, :, f:], atol=1e-3)
 
 
 def test_rollout_gradient_only_through_exit_step():
@@ -280,3 +293,10 @@ def test_tf_loss_history_fills_the_clean_half_only():
         TFConfig(self_history_sigma=(0.8, 0.2))
     with pytest.raises(ValueError, match="self_history_sigma"):
         TFConfig(self_history_sigma=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match="context_noise_max"):
+        TFConfig(context_noise_max=-1)
+    # context noise: the clean half is re-noised, so the loss moves; at t -> 0 it is the clean loss again
+    ctx = tf_loss(tr, fm, masks, ref, gar, vid, text, c, context_t=torch.tensor([300.0, 300.0]), **kw)
+    assert torch.isfinite(ctx) and not torch.equal(ctx, base)
+    tiny = tf_loss(tr, fm, masks, ref, gar, vid, text, c, context_t=torch.tensor([1e-3, 1e-3]), **kw)
+    assert torch.allclose(tiny, base, rtol=1e-4)

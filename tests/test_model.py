@@ -117,8 +117,10 @@ def test_cached_chunks_equal_full_block_causal_forward(pair):
     assert cache.state()["stored_frames"] == 2 + 2 * n_chunks
 
 
-def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair):
-    """A noisy chunk denoised against the cache == its output under the in-context TF mask."""
+@pytest.mark.parametrize("context_t", [0.0, 150.0])
+def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair, context_t):
+    """A noisy chunk denoised against the cache == its output under the in-context TF mask, also when the history
+    is committed at a context-noise timestep (`StreamConfig.context_noise`) and the clean half has that t."""
     _, m = pair
     cond, chunk, n_chunks, hh, ww = 2, 2, 3, 4, 4
     f = cond + chunk * n_chunks
@@ -128,7 +130,8 @@ def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair):
     noisy = torch.randn(1, 16, f, hh, ww, generator=g)
     e = torch.randn(1, 5, 16, generator=g)
     t_noisy = torch.tensor([[0.0, 0.0] + sum([[float(100 + 200 * j)] * chunk for j in range(n_chunks)], [])])
-    t = torch.cat([torch.zeros(1, f), t_noisy], dim=1)
+    t_clean = torch.tensor([[0.0] * cond + [context_t] * (f - cond)])
+    t = torch.cat([t_clean, t_noisy], dim=1)
     pos = torch.cat([torch.arange(f), torch.arange(f)])
     mask = teacher_forcing_mask(f, tpf, chunk, cond)
     with torch.no_grad():
@@ -140,7 +143,7 @@ def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair):
             sl = slice(cond + chunk * j, cond + chunk * (j + 1))
             out = m(noisy[:, :, sl], t_noisy[:, sl], e, kv_cache=cache, cache_op="read").sample
             assert (out - tf[:, :, sl]).abs().max().item() <= ATOL
-            m(clean[:, :, sl], torch.zeros(1, chunk), e, kv_cache=cache, cache_op="commit")
+            m(clean[:, :, sl], t_clean[:, sl], e, kv_cache=cache, cache_op="commit")
 
 
 def test_teacher_forcing_mask_rules():
