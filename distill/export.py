@@ -1,7 +1,7 @@
 """Stage 3: write the shipped demo checkpoint and measure it through the real streaming loop.
 
     python -m distill.export --ckpt runs/dmd_tiny/final --out assets/checkpoints/fashionchameleon-tiny \
-        [--sheet docs/figures/distill_stream.png] [--examples 2] [--chunks 6] [--swap-at 3]
+        [--sheet docs/figures/distill_stream.png] [--examples 2] [--chunks 6] [--swap-at 3] [--stream KEY=VALUE]
 
 `--ckpt` is any stage folder (teacher-forcing or DMD student). The folder is written with
 `StreamingEngine(...).save(dir, card)`, then reloaded with `StreamingEngine.from_checkpoint` and evaluated on
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.make_stage import parse_stream, with_stream
 from distill.reward import RewardConfig, colour_fidelity, sharpness
 from fashionchameleon.stream import StreamingEngine
 from teacher.common import DataConfig, build_dataset, load_stage
@@ -117,11 +118,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--history", nargs="*", default=[], help="stage:result.json pairs for the model card")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-mb", type=float, default=50.0)
+    ap.add_argument("--stream", action="append", default=[], metavar="KEY=VALUE",
+                    help="replace a StreamConfig field of the stage's preset (e.g. context_noise=300)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     comp = load_stage(args.ckpt)
+    if args.stream:
+        try:
+            comp.preset = with_stream(comp.preset, parse_stream(args.stream))
+        except (ValueError, TypeError) as e:
+            ap.error(str(e))
     engine = StreamingEngine(comp.preset, comp.transformer, comp.vae, comp.text_encoder)
     out = Path(args.out)
     engine.save(out)  # weights first, card after measuring the reloaded folder

@@ -211,12 +211,13 @@ def test_export_writes_streaming_checkpoint(stages, tmp_path):
     root, _ = stages
     out = tmp_path / "ship"
     res = export.main(["--ckpt", str(root / "tf/final"), "--out", str(out), "--examples", "2", "--chunks", "3",
-                       "--swap-at", "2", "--sheet", str(tmp_path / "s.png")])
+                       "--swap-at", "2", "--sheet", str(tmp_path / "s.png"), "--stream", "context_noise=100"])
     assert res["fps"] > 0 and 0 <= res["colour_fidelity_before_swap"] <= 1
     assert (out / "README.md").read_text().startswith("# fashionchameleon-tiny")
     assert (tmp_path / "s.png").is_file()
     eng = StreamingEngine.from_checkpoint(out)
     assert eng.preset.name == get_preset("test").name
+    assert eng.stream_config.context_noise == 100.0
 
 
 def test_tf_student_timesteps_draw_only_the_sampler_steps():
@@ -300,3 +301,26 @@ def test_tf_loss_history_fills_the_clean_half_only():
     assert torch.isfinite(ctx) and not torch.equal(ctx, base)
     tiny = tf_loss(tr, fm, masks, ref, gar, vid, text, c, context_t=torch.tensor([1e-3, 1e-3]), **kw)
     assert torch.allclose(tiny, base, rtol=1e-4)
+
+
+def test_make_stage_from_step_and_stream_overrides(stages, tmp_path, capsys):
+    from distill import make_stage
+
+    root, _ = stages
+    weights = sorted((root / "tf").glob("step_*/ema_student_rank0.safetensors"))[-1]
+    out = make_stage.main(["--weights", str(weights), "--like", str(root / "tf/final"), "--out", str(tmp_path / "s"),
+                           "--stream", "context_noise=250"])
+    eng = StreamingEngine.from_checkpoint(out)
+    assert eng.stream_config.context_noise == 250.0
+    # EMA weights of the last step == the stage's final (EMA) export
+    a = load_stage(root / "tf/final").transformer.state_dict()
+    b = eng.transformer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    copy = make_stage.main(["--like", str(out), "--out", str(tmp_path / "c"), "--stream", "context_noise=0"])
+    assert StreamingEngine.from_checkpoint(copy).stream_config.context_noise == 0.0
+    for bad, msg in ((["--stream", "bogus=1"], "bogus"), (["--stream", "context_noise=5000"], "context_noise"),
+                     (["--stream", "nokey"], "KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            make_stage.main(["--like", str(out), "--out", str(tmp_path / "x")] + bad)
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
