@@ -19,8 +19,10 @@ from fashionchameleon.sampling import FlowMatching
 
 def rollout(transformer, fm: FlowMatching, stream: StreamConfig, ref: torch.Tensor, gar: torch.Tensor,
             text: torch.Tensor, num_chunks: int, exit_step: int | None = None, grad: bool = False,
-            generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Returns the `num_chunks` chunk latents `[B, z, chunk_frames, h, w]` (x0 at the exit step)."""
+            generator: torch.Generator | None = None, grad_last: int | None = None) -> list[torch.Tensor]:
+    """Returns the `num_chunks` chunk latents `[B, z, chunk_frames, h, w]` (x0 at the exit step).
+
+    `grad_last`: with `grad`, only the last `grad_last` chunks keep gradients (a long rollout scored on a window)."""
     steps = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
     last = len(steps) - 1
     exit_step = last if exit_step is None else int(exit_step)
@@ -41,11 +43,12 @@ def rollout(transformer, fm: FlowMatching, stream: StreamConfig, ref: torch.Tens
         cond = torch.cat([ref, gar], dim=2).to(dtype)
         transformer(cond, torch.zeros(b, cond.shape[2], device=dev), text, kv_cache=cache, cache_op="cond")
     outs = []
-    for _ in range(num_chunks):
+    first_grad = 0 if grad_last is None else num_chunks - grad_last
+    for j in range(num_chunks):
         x = noise()
         x0 = x
         for i, t in enumerate(steps):
-            with torch.set_grad_enabled(grad and i == exit_step):
+            with torch.set_grad_enabled(grad and j >= first_grad and i == exit_step):
                 tt = torch.full((b, f), float(t), device=dev)
                 v = transformer(x, tt, text, kv_cache=cache, cache_op="read").sample
                 x0 = fm.x0_from_flow(x, v, t)

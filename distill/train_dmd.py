@@ -44,12 +44,19 @@ class DMDConfig:
     min_t: float = 20.0
     max_t: float = 980.0
     tau: float = 0.2  # .inf in YAML = vanilla DMD
-    chunks: int = 2  # chunks per rollout
+    chunks: int = 2  # chunks the scores see (the teacher's clip length)
+    # > chunks: each iteration rolls out n ~ U{chunks..rollout_chunks} chunks with the student's own rolling cache
+    # and scores only the last `chunks` (Self-Forcing++'s window over a long rollout), so the scores also correct
+    # what the stream does once its history is all self-made. 0 = rollout of exactly `chunks` (Self-Forcing).
+    rollout_chunks: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
         if self.gen_update_every < 1 or self.chunks < 1:
             raise ValueError("gen_update_every and chunks must be >= 1")
+        if self.rollout_chunks and self.rollout_chunks < self.chunks:
+            raise ValueError(f"dmd.rollout_chunks ({self.rollout_chunks}) must be 0 or >= dmd.chunks "
+                             f"({self.chunks})")
 
 
 @dataclass
@@ -70,6 +77,14 @@ def encode_conditions(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Ten
     return ref, gar
 
 
+def rollout_length(dmd: DMDConfig, seed: int, step: int) -> int:
+    """Chunks rolled out at this iteration: `chunks`, or uniform in [chunks, rollout_chunks] (same on every rank)."""
+    if not dmd.rollout_chunks or dmd.rollout_chunks == dmd.chunks:
+        return dmd.chunks
+    g = torch.Generator().manual_seed(seed * 1_000_033 + step)
+    return int(torch.randint(dmd.chunks, dmd.rollout_chunks + 1, (1,), generator=g))
+
+
 def make_step_fn(comp, dmd: DMDConfig, seed: int):
     fm, vae, text_enc, preset = comp.fm, comp.vae, comp.text_encoder, comp.preset
     stream = preset.stream
@@ -85,10 +100,11 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
             text_c = text_enc(list(batch["prompt"])).to(ctx.device)
             text_u = text_enc([dmd.negative_prompt] * b).to(ctx.device)
         out: dict[str, Any] = {}
+        n = rollout_length(dmd, seed, ctx.step)
         if ctx.step % dmd.gen_update_every == 0:
             exit_step = draw_exit_step(stream, seed, ctx.step)
-            x = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, dmd.chunks, exit_step, grad=True),
-                          dim=2)
+            x = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, n, exit_step, grad=True,
+                                  grad_last=dmd.chunks)[-dmd.chunks:], dim=2)
             t = sample_t(b, ctx.device)
             x_t = fm.add_noise(x.detach(), torch.randn_like(x), t)
             x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c, text_u,
@@ -110,8 +126,8 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
             fresh = x.detach()
         else:
             with torch.no_grad():
-                fresh = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, dmd.chunks,
-                                          draw_exit_step(stream, seed, ctx.step)), dim=2)
+                fresh = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, n,
+                                          draw_exit_step(stream, seed, ctx.step))[-dmd.chunks:], dim=2)
         # critic: flow matching on fresh generator samples, video tokens only
         t = sample_t(b, ctx.device)
         noise = torch.randn_like(fresh)

@@ -186,6 +186,32 @@ def test_rollout_gradient_only_through_exit_step():
     assert draw_exit_step(stream, 0, 5) == draw_exit_step(stream, 0, 5)
 
 
+def test_long_rollout_scores_a_window_with_grad_only_there():
+    """dmd.rollout_chunks: the long rollout equals the plain one chunk for chunk (same noise), and only the
+    scored window (the last `grad_last` chunks) carries gradients."""
+    from distill.train_dmd import DMDConfig, rollout_length
+
+    comp = build_components(ModelConfig(preset="test"))
+    tr, stream = comp.transformer, comp.preset.stream
+    z = tr.config.in_channels
+    g = torch.Generator().manual_seed(0)
+    ref, gar = torch.randn(1, z, 1, 4, 4, generator=g), torch.randn(1, z, 1, 4, 4, generator=g)
+    text = comp.text_encoder(["walks forward"]).detach()
+    outs = rollout(tr, comp.fm, stream, ref, gar, text, 5, exit_step=2, grad=True,
+                   generator=torch.Generator().manual_seed(1), grad_last=2)
+    assert [o.requires_grad for o in outs] == [False, False, False, True, True]
+    with torch.no_grad():
+        plain = rollout(tr, comp.fm, stream, ref, gar, text, 5, exit_step=2, generator=torch.Generator().manual_seed(1))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs, plain))
+    cfg = DMDConfig(chunks=2, rollout_chunks=6)
+    lengths = {rollout_length(cfg, 0, s) for s in range(200)}
+    assert lengths == set(range(2, 7))
+    assert rollout_length(cfg, 0, 9) == rollout_length(cfg, 0, 9)
+    assert rollout_length(DMDConfig(chunks=2), 0, 9) == 2
+    with pytest.raises(ValueError, match="rollout_chunks"):
+        DMDConfig(chunks=3, rollout_chunks=2)
+
+
 def test_reward_measures_garment_colour_and_sharpness():
     cfg = RewardConfig()
     h = w = 32
