@@ -8,6 +8,8 @@ Sequence `[clean: ref, garment, video] ++ [noisy: ref, garment, video]`; both ha
 positions; the clean half has t = 0, each noisy video chunk draws its own timestep (diffusion forcing); attention
 follows `teacher_forcing_mask` (dense on CPU) or the equivalent FlexAttention block mask on GPU. The loss is the
 bell-weighted flow-matching MSE on the noisy video tokens only. The text encoder is frozen (the teacher's).
+Optional, off by default: `tf.context_noise_max` re-noises the clean history (for `stream.context_noise`) and
+`tf.self_history` replaces it by the student's own one-step x0 (docs/TRAINING.md, run 4).
 
 Outputs: `step_*/`, `log.csv`, `latest/` (stage folder, EMA weights, refreshed at every eval), `final/`, `loss.png`.
 """
@@ -44,7 +46,8 @@ class TFConfig:
     # Exposure bias: the stream conditions each chunk on latents it committed itself (posterior means, flatter than
     # real clips), teacher forcing only on real ones. With probability `self_history` a clip's clean history is
     # replaced by the student's own detached one-step x0 of a noised copy, each chunk at a sigma drawn uniformly
-    # from `self_history_sigma`. The targets stay the real latents. 0 = the paper's recipe.
+    # from `self_history_sigma`. The targets stay the real latents. 0 = the paper's recipe. (Run 4 measured it to
+    # make the tiny student's long streams worse; context noise below is what fixed them. Kept as an ablation.)
     self_history: float = 0.0
     self_history_sigma: tuple[float, float] = (0.25, 0.75)
     # > 0: the clean half's video frames are re-noised to a per-clip timestep ~ U[0, context_noise_max] (and get it
