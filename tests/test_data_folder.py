@@ -3,6 +3,7 @@
 import csv
 import os
 import shutil
+import wave
 
 import numpy as np
 import pytest
@@ -98,8 +99,18 @@ def test_bad_rows_raise_with_row_and_file(folder):
 
 def test_corrupt_video(folder):
     rows = _rows(folder)
-    (folder / rows[5]["video"]).write_bytes(os.urandom(2048))
+    path = folder / rows[5]["video"]
+    # seeded garbage that FFmpeg cannot open (os.urandom sometimes probed as an audio format: a flaky message)
+    path.write_bytes(np.random.default_rng(0).bytes(2048))
     with pytest.raises(DataError, match=r"row 5 .*cannot decode video .*video/000005\.mp4"):
+        FolderDataset(folder, size=SIZE, frames=FRAMES)[5]
+    # a readable container without a video stream (audio only) gets the same message
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(800, np.int16).tobytes())
+    with pytest.raises(DataError, match=r"row 5 .*cannot decode video .*video/000005\.mp4: no video stream"):
         FolderDataset(folder, size=SIZE, frames=FRAMES)[5]
 
 

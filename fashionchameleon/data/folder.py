@@ -82,7 +82,7 @@ def read_video(path: str, frames: int) -> np.ndarray:
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise DataError(f"no video stream in {path}")
+                raise DataError(f"cannot decode video {path}: no video stream found")
             for frame in container.decode(video=0):
                 out.append(frame.to_ndarray(format="rgb24"))
                 if len(out) == frames:
