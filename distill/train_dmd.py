@@ -49,11 +49,16 @@ class DMDConfig:
     # and scores only the last `chunks` (Self-Forcing++'s window over a long rollout), so the scores also correct
     # what the stream does once its history is all self-made. 0 = rollout of exactly `chunks` (Self-Forcing).
     rollout_chunks: int = 0
+    # critic-only steps before the first generator update, so the fake score has learned the generator's (long
+    # rollout) distribution before its difference to the real score steers anything
+    critic_warmup: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
         if self.gen_update_every < 1 or self.chunks < 1:
             raise ValueError("gen_update_every and chunks must be >= 1")
+        if self.critic_warmup < 0:
+            raise ValueError(f"dmd.critic_warmup must be >= 0, got {self.critic_warmup}")
         if self.rollout_chunks and self.rollout_chunks < self.chunks:
             raise ValueError(f"dmd.rollout_chunks ({self.rollout_chunks}) must be 0 or >= dmd.chunks "
                              f"({self.chunks})")
@@ -85,6 +90,11 @@ def rollout_length(dmd: DMDConfig, seed: int, step: int) -> int:
     return int(torch.randint(dmd.chunks, dmd.rollout_chunks + 1, (1,), generator=g))
 
 
+def generator_step(dmd: DMDConfig, step: int) -> bool:
+    """Whether iteration `step` updates the generator: every `gen_update_every`-th step after the critic warm-up."""
+    return step >= dmd.critic_warmup and (step - dmd.critic_warmup) % dmd.gen_update_every == 0
+
+
 def make_step_fn(comp, dmd: DMDConfig, seed: int):
     fm, vae, text_enc, preset = comp.fm, comp.vae, comp.text_encoder, comp.preset
     stream = preset.stream
@@ -101,7 +111,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
             text_u = text_enc([dmd.negative_prompt] * b).to(ctx.device)
         out: dict[str, Any] = {}
         n = rollout_length(dmd, seed, ctx.step)
-        if ctx.step % dmd.gen_update_every == 0:
+        if generator_step(dmd, ctx.step):
             exit_step = draw_exit_step(stream, seed, ctx.step)
             x = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, n, exit_step, grad=True,
                                   grad_last=dmd.chunks)[-dmd.chunks:], dim=2)
