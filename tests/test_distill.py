@@ -170,13 +170,18 @@ def test_rollout_matches_streaming_session(context_noise):
         assert not torch.allclose(other[:, :, f:], session_latents[:, :, f:], atol=1e-3)
 
 
-def test_rollout_gradient_only_through_exit_step():
+def _rollout_setup():
+    """A `test`-preset student and one random (ref, garment, text) condition; `g` continues the seeded stream."""
     comp = build_components(ModelConfig(preset="test"))
-    tr, stream = comp.transformer, comp.preset.stream
+    tr = comp.transformer
     z = tr.config.in_channels
     g = torch.Generator().manual_seed(0)
     ref, gar = torch.randn(1, z, 1, 4, 4, generator=g), torch.randn(1, z, 1, 4, 4, generator=g)
-    text = comp.text_encoder(["walks forward"]).detach()
+    return comp, tr, comp.preset.stream, ref, gar, comp.text_encoder(["walks forward"]).detach(), g
+
+
+def test_rollout_gradient_only_through_exit_step():
+    comp, tr, stream, ref, gar, text, g = _rollout_setup()
     outs = rollout(tr, comp.fm, stream, ref, gar, text, 2, exit_step=1, grad=True, generator=g)
     assert all(o.requires_grad for o in outs)
     torch.cat(outs, 2).pow(2).mean().backward()
@@ -191,12 +196,7 @@ def test_long_rollout_scores_a_window_with_grad_only_there():
     scored window (the last `grad_last` chunks) carries gradients."""
     from distill.train_dmd import DMDConfig, rollout_length
 
-    comp = build_components(ModelConfig(preset="test"))
-    tr, stream = comp.transformer, comp.preset.stream
-    z = tr.config.in_channels
-    g = torch.Generator().manual_seed(0)
-    ref, gar = torch.randn(1, z, 1, 4, 4, generator=g), torch.randn(1, z, 1, 4, 4, generator=g)
-    text = comp.text_encoder(["walks forward"]).detach()
+    comp, tr, stream, ref, gar, text, g = _rollout_setup()
     outs = rollout(tr, comp.fm, stream, ref, gar, text, 5, exit_step=2, grad=True,
                    generator=torch.Generator().manual_seed(1), grad_last=2)
     assert [o.requires_grad for o in outs] == [False, False, False, True, True]
