@@ -3,7 +3,8 @@
 Prefill `[ref, garment]` at t = 0 (cache op "cond"), then per chunk: fresh noise, the warped few-step schedule with
 x0 re-noising (fresh noise between steps), and one context pass that commits the chunk's K/V (clean at t = 0,
 or re-noised to `stream.context_noise`). With `exit_step = k` the chunk's output is the x0 prediction of step k
-(Self-Forcing's stochastic exit); with `grad=True` only that forward keeps gradients, everything else (and the cache) is built without them.
+(Self-Forcing's stochastic exit); with `grad=True` only that forward keeps gradients, everything else (and the
+cache) is built without them.
 Noise is drawn on the CPU from `generator` in the same order as the session, so for batch 1 and
 `exit_step = last` the output equals the session's latents.
 """
