@@ -201,7 +201,8 @@ def test_long_rollout_scores_a_window_with_grad_only_there():
                    generator=torch.Generator().manual_seed(1), grad_last=2)
     assert [o.requires_grad for o in outs] == [False, False, False, True, True]
     with torch.no_grad():
-        plain = rollout(tr, comp.fm, stream, ref, gar, text, 5, exit_step=2, generator=torch.Generator().manual_seed(1))
+        plain = rollout(tr, comp.fm, stream, ref, gar, text, 5, exit_step=2,
+                        generator=torch.Generator().manual_seed(1))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs, plain))
     cfg = DMDConfig(chunks=2, rollout_chunks=6)
     lengths = {rollout_length(cfg, 0, s) for s in range(200)}
