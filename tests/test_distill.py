@@ -223,7 +223,8 @@ def test_critic_warmup_delays_generator_updates(stages, tmp_path):
     # a smoke run that never reaches the warm-up end trains only the critic: the generator stays bit-identical
     root, _ = stages
     cfg = tmp_path / "dmd.yaml"
-    cfg.write_text((ROOT / "distill/configs/dmd_smoke.yaml").read_text().replace("dmd:\n", "dmd:\n  critic_warmup: 100\n"))
+    smoke = (ROOT / "distill/configs/dmd_smoke.yaml").read_text()
+    cfg.write_text(smoke.replace("dmd:\n", "dmd:\n  critic_warmup: 100\n"))
     res = train_dmd.main(["--config", str(cfg), "--smoke", "--out", str(tmp_path / "w"), "--init",
                           str(root / "tf/final"), "--teacher", str(root / "t/final")])
     assert np.isfinite(res["critic_loss"])
