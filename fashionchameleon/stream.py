@@ -111,9 +111,11 @@ class StreamingEngine:
             raise ValueError("from_preset builds random weights; use from_checkpoint for trained ones")
         preset = get_preset(name) if isinstance(name, str) else name
         torch.manual_seed(seed)
-        transformer = CausalWanTransformer3DModel(**preset.transformer)
-        vae = build_vae(preset.vae)
-        text = build_text_encoder(preset.text, random_weights=True)
+        # built on the target device: a 5B model initialised on the host takes minutes and 20 GB of RAM
+        with torch.device(device):
+            transformer = CausalWanTransformer3DModel(**preset.transformer)
+            vae = build_vae(preset.vae)
+            text = build_text_encoder(preset.text, random_weights=True)
         return cls(preset, transformer, vae, text, device=device, dtype=dtype, checkpoint=f"random:{preset.name}")
 
     @classmethod

@@ -98,6 +98,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     seed: int = 0
     num_threads: int = 0  # 0: leave torch's default
+    max_minutes: float = 0.0  # > 0: stop (checkpoint, final eval) after this much wall time; fits a GPU lease
 
     def __post_init__(self):
         if self.lr_schedule not in _SCHEDULES:
@@ -112,6 +113,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.betas) != 2:
@@ -380,6 +383,9 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
         )
         acc = self.accelerator
+        if acc.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs ("no") use the tensor cores too
+            torch.backends.cudnn.allow_tf32 = True
         self.output_dir = Path(config.output_dir)
         self.step_fn, self.eval_fn = step_fn, eval_fn
         self.step, self.samples_seen, self.elapsed_s = 0, 0, 0.0
@@ -546,6 +552,13 @@ class Trainer:
             yield from dl
             epoch, skip = epoch + 1, 0
 
+    def _out_of_time(self, deadline: float) -> bool:
+        """Every rank must stop at the same step, so the main rank's clock decides."""
+        late = torch.tensor([float(time.perf_counter() >= deadline)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            late = self.accelerator.reduce(late, reduction="max")
+        return bool(late.item())
+
     def train(self, resume: bool | str | os.PathLike = False, until: int | None = None) -> dict[str, Any]:
         """Train to `config.max_steps` (or stop early at step `until`, saving there; the schedule is unchanged)."""
         acc, cfg = self.accelerator, self.config
@@ -568,6 +581,7 @@ class Trainer:
         t_last = time.perf_counter()
         batches = iter(self._batches())
         last: dict[str, Any] = {}
+        deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
         while self.step < stop:
             batch = next(batches)
             _seed_all(((cfg.seed * 1_000_003 + self.step) * 64 + micro) * 4096 + acc.process_index)
@@ -611,6 +625,13 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < stop:
                 self.run_eval()
                 t_last = time.perf_counter()  # eval time does not count as training time
+            if deadline is not None and self._out_of_time(deadline):
+                acc.print(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
+                stop = self.step
+                if self.step % cfg.log_every:
+                    self._log_row({"step": self.step, "lr": self.schedulers[first_opt].get_last_lr()[0],
+                                   "grad_norm": gn, "samples_seen": self.samples_seen,
+                                   "elapsed_s": self.elapsed_s, **last})
             if self.step % cfg.save_every == 0 or self.step == stop:
                 self.save_checkpoint()
                 t_last = time.perf_counter()
@@ -624,9 +645,11 @@ def _fmt(v: Any) -> Any:
 
 
 def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = None,
-                        output_dir: str | None = None, num_threads: int | None = None) -> "TrainConfig":
-    """The train-section overrides every entry point shares (--smoke / --max-steps / --out / --threads); sets the
-    CPU threads.
+                        output_dir: str | None = None, num_threads: int | None = None,
+                        max_minutes: float | None = None, batch_size: int | None = None,
+                        num_workers: int | None = None) -> "TrainConfig":
+    """The train-section overrides every entry point shares (--smoke / --max-steps / --out / --threads /
+    --max-minutes / --batch-size / --workers); sets the CPU threads.
 
     `smoke` is a stage's smoke section (needs `max_steps` and `batch_size`).
     """
@@ -640,6 +663,9 @@ def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = 
         over["output_dir"] = output_dir
     if num_threads:
         over["num_threads"] = num_threads
+    for k, v in (("max_minutes", max_minutes), ("batch_size", batch_size), ("num_workers", num_workers)):
+        if v is not None:
+            over[k] = v
     cfg = dataclass_from_dict(TrainConfig, {**vars(cfg), **over})
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

@@ -454,6 +454,9 @@ def stage_parser(description: str, init_help: str | None = "stage folder to star
     if init_help is not None:
         ap.add_argument("--init", help=init_help)
     ap.add_argument("--threads", type=int, help="CPU threads (overrides train.num_threads)")
+    ap.add_argument("--max-minutes", type=float, help="stop after this much wall time (overrides train.max_minutes)")
+    ap.add_argument("--batch-size", type=int, help="overrides train.batch_size")
+    ap.add_argument("--workers", type=int, help="data-loader worker processes (overrides train.num_workers)")
     return ap
 
 
@@ -463,7 +466,9 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
 
     if args.smoke:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
-    train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads)
+    train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads,
+                                    getattr(args, "max_minutes", None), getattr(args, "batch_size", None),
+                                    getattr(args, "workers", None))
     return train_cfg, data
 
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One call of a lent GPU machine (see docs/BENCHMARKS.md "GPU figures" and docs/TRAINING.md "Run 5").
+#   bash benchmarks/gpu_lease.sh teacher [MINUTES]   # tiny teacher, then the preset benches if time is left
+#   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN
+#   bash benchmarks/gpu_lease.sh bench
+# The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored) are installed first if present.
+# Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
+set -uo pipefail
+STAGE=${1:?stage: teacher | distill | bench}
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 3
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+LOG="$OUT/log_$STAGE.txt"
+exec > >(tee -a "$LOG") 2>&1
+date -u
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+df -h /dev/shm | tail -1
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())" || exit 4
+# each data worker holds whole batches in shared memory; fewer workers when /dev/shm is small
+SHM_GB=$(( $(df -k /dev/shm | awk 'NR==2{print $4}') / 1048576 ))
+WORKERS=$(( SHM_GB / 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 1 )) && WORKERS=0
+echo "shm ${SHM_GB} GB -> ${WORKERS} data workers"
+
+bench() {  # $1 preset, $2 frames, $3 swap-every, $4 seconds
+    local name=${1//./}
+    timeout "$4" python3 -m fashionchameleon.bench --preset "$1" --device cuda --frames "$2" --swap-every "$3" \
+        --random-weights --floor --json "$OUT/bench_${name}.json" || echo "bench $1 failed or timed out (rc $?)"
+}
+
+case $STAGE in
+teacher)
+    MIN=${2:-5}
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS" \
+        || { echo "teacher failed"; tar czf "$OUT/teacher_fail.tgz" runs/gpu_teacher/log.csv 2>/dev/null; exit 5; }
+    tar czf "$OUT/teacher.tgz" runs/gpu_teacher/final runs/gpu_teacher/log.csv runs/gpu_teacher/result.json \
+        runs/gpu_teacher/loss.png runs/gpu_teacher/samples
+    ls -la "$OUT"
+    bench wan2.1-1.3b 96 48 100
+    bench wan2.2-5b 72 36 110
+    ;;
+distill)
+    TF_MIN=${2:-4}; DMD_MIN=${3:-3}
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS" \
+        || { echo "TF failed"; exit 5; }
+    tar czf "$OUT/tf.tgz" runs/gpu_tf/final runs/gpu_tf/log.csv runs/gpu_tf/result.json runs/gpu_tf/loss.png
+    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
+        || echo "DMD failed"
+    # generator EMA snapshots, two per archive (16 MB per file comes back)
+    mapfile -t STEPS < <(ls -d runs/gpu_dmd/step_* 2>/dev/null | sort)
+    PICK=()
+    for s in "${STEPS[@]}"; do
+        n=$((10#${s##*_}))
+        case $n in 25|50|75|100|150|200) PICK+=("$s/ema_generator_rank0.safetensors");; esac
+    done
+    (( ${#STEPS[@]} )) && PICK+=("${STEPS[-1]}/ema_generator_rank0.safetensors")
+    i=0
+    while (( i < ${#PICK[@]} )); do
+        tar czf "$OUT/dmd_$((i / 2)).tgz" "${PICK[@]:i:2}"; i=$((i + 2))
+    done
+    tar czf "$OUT/dmd_log.tgz" runs/gpu_dmd/log.csv runs/gpu_dmd/loss.png runs/gpu_dmd/result.json 2>/dev/null
+    ls -la "$OUT"
+    ;;
+bench)
+    bench wan2.1-1.3b 96 48 150
+    bench wan2.2-5b 72 36 200
+    bench tiny 240 96 60
+    ;;
+*) echo "unknown stage $STAGE"; exit 2;;
+esac
+date -u
