@@ -89,6 +89,13 @@ class Components:
         s = self.preset.stream
         return FlowMatching(s.num_train_timesteps, s.timestep_shift)
 
+    def place(self, device) -> "Components":
+        """Move the frozen VAE and text encoder to the trainer's device (the trainer only moves what it holds)."""
+        self.vae.to(device)
+        if isinstance(self.text_encoder, torch.nn.Module):
+            self.text_encoder.to(device)
+        return self
+
 
 def _require_dir(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)

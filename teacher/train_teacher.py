@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return res
 
     trainer = Trainer(train_cfg, {"teacher": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
+    comp.place(trainer.accelerator.device)
     res = trainer.train(resume=args.resume, until=args.until)
     if trainer.accelerator.is_main_process:
         finish_stage(trainer, res, "teacher", comp, out, model_card(res, cfg, comp, res.get("sheet")),
