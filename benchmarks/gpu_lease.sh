@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call of a lent GPU machine (see docs/BENCHMARKS.md "GPU figures" and docs/TRAINING.md "Run 5").
-#   bash benchmarks/gpu_lease.sh teacher [MINUTES]   # tiny teacher, then the preset benches if time is left
+#   bash benchmarks/gpu_lease.sh all T_MIN TF_MIN DMD_MIN   # teacher -> teacher forcing -> GR-DMD, tiny preset
+#   bash benchmarks/gpu_lease.sh teacher [MINUTES]
 #   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN
 #   bash benchmarks/gpu_lease.sh bench
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored) are installed first if present.
@@ -9,7 +10,7 @@ set -uo pipefail
 STAGE=${1:?stage: teacher | distill | bench}
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 3
@@ -34,38 +35,54 @@ bench() {  # $1 preset, $2 frames, $3 swap-every, $4 seconds
         --random-weights --floor --json "$OUT/bench_${name}.json" || echo "bench $1 failed or timed out (rc $?)"
 }
 
-case $STAGE in
-teacher)
-    MIN=${2:-5}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS" \
-        || { echo "teacher failed"; tar czf "$OUT/teacher_fail.tgz" runs/gpu_teacher/log.csv 2>/dev/null; exit 5; }
-    tar czf "$OUT/teacher.tgz" runs/gpu_teacher/final runs/gpu_teacher/log.csv runs/gpu_teacher/result.json \
-        runs/gpu_teacher/loss.png runs/gpu_teacher/samples
-    ls -la "$OUT"
-    bench wan2.1-1.3b 96 48 100
-    bench wan2.2-5b 72 36 110
-    ;;
-distill)
-    TF_MIN=${2:-4}; DMD_MIN=${3:-3}
-    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS" \
-        || { echo "TF failed"; exit 5; }
-    tar czf "$OUT/tf.tgz" runs/gpu_tf/final runs/gpu_tf/log.csv runs/gpu_tf/result.json runs/gpu_tf/loss.png
-    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
-        || echo "DMD failed"
-    # generator EMA snapshots, two per archive (16 MB per file comes back)
+pack() {  # $1 archive, $2 run dir: its final stage folder without the VAE (the CPU side has it), else the last EMA
+    local run=$2
+    if [[ -d $run/final ]]; then
+        tar czf "$OUT/$1" --exclude=vae "$run/final" "$run"/log.csv "$run"/result.json 2>/dev/null
+    else
+        local last; last=$(ls -d "$run"/step_* 2>/dev/null | sort | tail -1)
+        [[ -n $last ]] && tar czf "$OUT/$1" "$last"/ema_*_rank0.safetensors "$last"/trainer_state.json "$run"/log.csv
+    fi
+}
+
+dmd_pack() {  # generator EMA snapshots, two per archive (16 MB per file comes back)
+    local s n i=0 STEPS PICK=()
     mapfile -t STEPS < <(ls -d runs/gpu_dmd/step_* 2>/dev/null | sort)
-    PICK=()
     for s in "${STEPS[@]}"; do
         n=$((10#${s##*_}))
-        case $n in 25|50|75|100|150|200) PICK+=("$s/ema_generator_rank0.safetensors");; esac
+        case $n in 25|50|100|150|200) PICK+=("$s/ema_generator_rank0.safetensors");; esac
     done
     (( ${#STEPS[@]} )) && PICK+=("${STEPS[-1]}/ema_generator_rank0.safetensors")
-    i=0
     while (( i < ${#PICK[@]} )); do
         tar czf "$OUT/dmd_$((i / 2)).tgz" "${PICK[@]:i:2}"; i=$((i + 2))
     done
-    tar czf "$OUT/dmd_log.tgz" runs/gpu_dmd/log.csv runs/gpu_dmd/loss.png runs/gpu_dmd/result.json 2>/dev/null
+    tar czf "$OUT/dmd_log.tgz" runs/gpu_dmd/log.csv runs/gpu_dmd/result.json 2>/dev/null
+}
+
+case $STAGE in
+all)  # teacher -> TF -> DMD in one call; each stage is packed as soon as it ends
+    T_MIN=${2:-3}; TF_MIN=${3:-2}; DMD_MIN=${4:-2}
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$T_MIN" --workers "$WORKERS"
+    rc=$?; pack teacher.tgz runs/gpu_teacher; (( rc )) && { echo "teacher failed ($rc)"; exit 5; }
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS"
+    rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && { echo "TF failed ($rc)"; exit 6; }
+    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
+        || echo "DMD failed"
+    dmd_pack
     ls -la "$OUT"
+    ;;
+teacher)
+    MIN=${2:-5}
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS"
+    rc=$?; pack teacher.tgz runs/gpu_teacher; (( rc )) && exit 5
+    ;;
+distill)
+    TF_MIN=${2:-4}; DMD_MIN=${3:-3}
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS"
+    rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && exit 6
+    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
+        || echo "DMD failed"
+    dmd_pack
     ;;
 bench)
     bench wan2.1-1.3b 96 48 150

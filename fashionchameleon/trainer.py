@@ -246,6 +246,17 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return fn
 
 
+def _single_threaded(_worker: int) -> None:
+    """Data workers render with numpy/OpenCV; one thread each, or N workers x N threads thrash the cores."""
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -418,7 +429,9 @@ class Trainer:
         else:
             self._sampler = EpochSampler(len(train_data), config.seed)
             dl = DataLoader(train_data, batch_size=config.batch_size, sampler=self._sampler, drop_last=True,
-                            num_workers=config.num_workers, collate_fn=collate_fn)
+                            num_workers=config.num_workers, collate_fn=collate_fn,
+                            worker_init_fn=_single_threaded if config.num_workers else None,
+                            persistent_workers=config.num_workers > 0)
             self.dataloader = acc.prepare(dl)
         if len(self.dataloader) < config.grad_accum_steps:
             raise ValueError(f"dataset too small: {len(self.dataloader)} batches per epoch for "

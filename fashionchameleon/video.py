@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -18,6 +17,9 @@ class MP4Writer:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = fps
+        import av  # only the MP4 paths need PyAV; training machines may lack it
+
+        self._av = av
         self._container = av.open(str(self.path), mode="w", options={"movflags": "faststart"})
         self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         self._stream.pix_fmt = pix_fmt
@@ -33,7 +35,7 @@ class MP4Writer:
             self._stream.height, self._stream.width = self._size
         if (h, w) != self._size:
             frame = np.pad(frame, ((0, self._size[0] - h), (0, self._size[1] - w), (0, 0)), mode="edge")
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         vf.pts = self.frames  # in 1/fps units: the codec time base follows the stream rate
         for pkt in self._stream.encode(vf):
             self._container.mux(pkt)
@@ -56,6 +58,8 @@ class MP4Writer:
 
 def read_video(path: str | Path) -> np.ndarray:
     """All frames of a video as T x H x W x 3 uint8 RGB."""
+    import av
+
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
