@@ -115,7 +115,7 @@ class StreamingEngine:
         with torch.device(device):
             transformer = CausalWanTransformer3DModel(**preset.transformer)
             vae = build_vae(preset.vae)
-            text = build_text_encoder(preset.text, random_weights=True)
+        text = build_text_encoder(preset.text, random_weights=True)  # seeded on a CPU generator
         return cls(preset, transformer, vae, text, device=device, dtype=dtype, checkpoint=f"random:{preset.name}")
 
     @classmethod
