@@ -150,3 +150,28 @@ def test_vae_forward_noise_scale_is_per_clip_in_normalised_units():
     noisy, _ = vae(x, torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(noisy[0], clean[0])
     assert (noisy[1] - clean[1]).abs().mean() > 1e-3
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
+    import fashionchameleon.trainer as trainer_mod
+
+    # a fake clock that advances one "minute" per call: the deadline passes after the 3rd step
+    clock = iter(range(0, 10_000, 60))
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: float(next(clock)))
+    tr = _trainer(tmp_path / "t", 50)
+    tr.config.max_minutes = 4.0
+    tr.config.log_every = 7
+    res = tr.train()
+    assert 1 <= res["step"] < 50
+    ckpt = latest_checkpoint(tmp_path / "t")
+    assert ckpt is not None and ckpt.name.endswith(f"{res['step']:06d}")
+    rows = list(csv.DictReader((tmp_path / "t" / "log.csv").open()))
+    assert int(rows[-1]["step"]) == res["step"]  # the stop step is logged even off the log grid
+    monkeypatch.undo()
+    more = _trainer(tmp_path / "t", res["step"] + 2)
+    assert more.train(resume=True)["step"] == res["step"] + 2
+
+
+def test_max_minutes_must_not_be_negative():
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=-1.0)
