@@ -596,7 +596,10 @@ class Trainer:
         last: dict[str, Any] = {}
         deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
         while self.step < stop:
+            t_wait = time.perf_counter()
             batch = next(batches)
+            # host time blocked on the data loader: tells a data-bound GPU run from a compute-bound one
+            window.setdefault("data_s", []).append(time.perf_counter() - t_wait)
             _seed_all(((cfg.seed * 1_000_003 + self.step) * 64 + micro) * 4096 + acc.process_index)
             trainable = [self.models[n] for n in self.optimizers]
             with acc.accumulate(*trainable):

@@ -167,6 +167,7 @@ def test_max_minutes_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
     assert ckpt is not None and ckpt.name.endswith(f"{res['step']:06d}")
     rows = list(csv.DictReader((tmp_path / "t" / "log.csv").open()))
     assert int(rows[-1]["step"]) == res["step"]  # the stop step is logged even off the log grid
+    assert float(rows[-1]["data_s"]) >= 0.0  # time blocked on the loader is logged with every row
     monkeypatch.undo()
     more = _trainer(tmp_path / "t", res["step"] + 2)
     assert more.train(resume=True)["step"] == res["step"] + 2
