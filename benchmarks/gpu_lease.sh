@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call of a lent GPU machine (see docs/BENCHMARKS.md "GPU figures" and docs/TRAINING.md "Run 5").
 #   bash benchmarks/gpu_lease.sh all T_MIN TF_MIN DMD_MIN   # teacher -> teacher forcing -> GR-DMD, tiny preset
-#   bash benchmarks/gpu_lease.sh teacher [MINUTES]
-#   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN
+#   bash benchmarks/gpu_lease.sh teacher [MINUTES [INIT]]    # INIT: continue from a carried stage folder
+#   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN [TEACHER]
 #   bash benchmarks/gpu_lease.sh bench
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored) are installed first if present.
 # Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
@@ -71,17 +71,19 @@ all)  # teacher -> TF -> DMD in one call; each stage is packed as soon as it end
     dmd_pack
     ls -la "$OUT"
     ;;
-teacher)
-    MIN=${2:-5}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS"
-    rc=$?; pack teacher.tgz runs/gpu_teacher; (( rc )) && exit 5
+teacher)  # optional INIT: a stage folder to continue from (carry it), e.g. runs/gpu_teacher/final of run 5
+    MIN=${2:-5}; INIT=${3:-}
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS" \
+        ${INIT:+--init "$INIT" --out runs/gpu_teacher_next}
+    rc=$?; pack teacher.tgz "$([[ -n $INIT ]] && echo runs/gpu_teacher_next || echo runs/gpu_teacher)"; (( rc )) && exit 5
     ;;
-distill)
-    TF_MIN=${2:-4}; DMD_MIN=${3:-3}
-    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS"
+distill)  # optional TEACHER: the teacher stage folder to distil (default: the configs' runs/gpu_teacher/final)
+    TF_MIN=${2:-4}; DMD_MIN=${3:-3}; TEACHER=${4:-}
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS" \
+        ${TEACHER:+--init "$TEACHER"}
     rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && exit 6
     python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
-        || echo "DMD failed"
+        ${TEACHER:+--teacher "$TEACHER"} || echo "DMD failed"
     dmd_pack
     ;;
 bench)
