@@ -30,7 +30,7 @@ from distill.rollout import draw_exit_step, rollout
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             export_stage, finish_stage, stage_parser,
-                            TextDiT, incontext_flow, load_stage, plot_curves)
+                            TextDiT, incontext_flow, load_stage, pixels, plot_curves)
 
 
 @dataclass
@@ -77,8 +77,8 @@ SECTIONS = {"train": TrainConfig, "model": ModelConfig, "data": DataConfig, "dmd
 @torch.no_grad()
 def encode_conditions(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     dt = next(vae.parameters()).dtype
-    ref = vae.encode_image(batch["reference"].to(device, dt)).float()
-    gar = vae.encode_image(batch["garment"].to(device, dt)).float()
+    ref = vae.encode_image(pixels(batch["reference"], device, dt)).float()
+    gar = vae.encode_image(pixels(batch["garment"], device, dt)).float()
     return ref, gar
 
 
@@ -125,7 +125,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
             else:
                 with torch.no_grad():
                     pix = vae.decode(x.detach().to(next(vae.parameters()).dtype))
-                rewards = chunk_rewards(pix, batch["garment"].to(ctx.device), dmd.reward, preset.temporal_factor,
+                rewards = chunk_rewards(pix, pixels(batch["garment"], ctx.device), dmd.reward, preset.temporal_factor,
                                         stream.chunk_frames)
             w = chunk_weights(rewards, stream.chunk_frames, x.shape[2], dmd.tau)
             loss_g = weighted_dmd_loss(x, grad, w)

@@ -247,14 +247,9 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def _single_threaded(_worker: int) -> None:
-    """Data workers render with numpy/OpenCV; one thread each, or N workers x N threads thrash the cores."""
+    """One torch thread per data worker, or N workers x N threads thrash the cores. (Not cv2.setNumThreads: in a
+    worker forked after the parent used OpenCV's pool, e.g. to render eval examples, it deadlocks.)"""
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
 
 
 def _seed_all(seed: int) -> None:

@@ -224,8 +224,37 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
 KEEP_KEYS = ("reference", "garment", "video", "prompt", "garment_mask")
 
 
+PIXEL_KEYS = ("reference", "garment", "video")
+
+
+def pack_pixels(item: dict) -> dict:
+    """Images in [-1, 1] and masks in [0, 1] -> uint8, a quarter of the bytes the data workers ship to the trainer.
+
+    Exact for data that came from 8-bit images (`image_to_tensor`, PNG masks): `pixels` / `mask_values` give back
+    bit-identical float32 tensors. The GPU run of docs/TRAINING.md (run 5) spent 2/3 of each step waiting on fp32
+    batches."""
+    out = dict(item)
+    for k in PIXEL_KEYS:
+        if k in out and out[k].is_floating_point():
+            out[k] = out[k].add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+    if "garment_mask" in out and out["garment_mask"].is_floating_point():
+        out["garment_mask"] = out["garment_mask"].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def pixels(x: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
+    """A batch entry of `pack_pixels` (or a float one) -> [-1, 1] on `device` in `dtype`, converted there."""
+    if x.dtype == torch.uint8:
+        return x.to(device).float().div_(127.5).sub_(1.0).to(dtype)
+    return x.to(device, dtype)
+
+
+def mask_values(m: torch.Tensor) -> torch.Tensor:
+    return m.float().div_(255.0) if m.dtype == torch.uint8 else m.float()
+
+
 class Triplets(torch.utils.data.Dataset):
-    """Keep the entries the stages use (datasets may return extra ground truth)."""
+    """Keep the entries the stages use (datasets may return extra ground truth), packed to uint8."""
 
     def __init__(self, ds):
         self.ds = ds
@@ -235,7 +264,7 @@ class Triplets(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         d = self.ds[i]
-        return {k: d[k] for k in KEEP_KEYS if k in d}
+        return pack_pixels({k: d[k] for k in KEEP_KEYS if k in d})
 
 
 def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_factor: int,
@@ -248,7 +277,7 @@ def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_facto
     if mask is None or extra == 0:
         return None
     f, h, w = latent_shape[-3:]
-    m = mask.float()
+    m = mask_values(mask)
     if m.shape[1] != 1 + (f - 1) * temporal_factor:
         raise ValueError(f"garment mask has {m.shape[1]} frames, the clip's latents need "
                          f"{1 + (f - 1) * temporal_factor}")
@@ -265,9 +294,9 @@ def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_facto
 def encode_batch(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ref [B,z,1,h,w], garment [B,z,1,h,w], video [B,z,f,h,w]) normalised latents from the frozen VAE."""
     dt = next(vae.parameters()).dtype
-    ref = vae.encode_image(batch["reference"].to(device, dt)).float()
-    gar = vae.encode_image(batch["garment"].to(device, dt)).float()
-    vid = vae.encode_video(batch["video"].to(device, dt)).float()
+    ref = vae.encode_image(pixels(batch["reference"], device, dt)).float()
+    gar = vae.encode_image(pixels(batch["garment"], device, dt)).float()
+    vid = vae.encode_video(pixels(batch["video"], device, dt)).float()
     return ref, gar, vid
 
 
