@@ -184,3 +184,11 @@ def test_model_stream_override_reaches_the_stage_folder(tmp_path, teacher_run):
     assert eng.fm.shift == 1.0
     with pytest.raises((TypeError, ValueError)):
         build_components(ModelConfig(init=str(out / "final"), stream={"no_such_field": 1}))
+
+
+def test_smoke_with_data_workers(tmp_path):
+    """Worker processes fork after the main process rendered the eval examples with OpenCV (a cv2 thread call in
+    the worker init used to deadlock right there), and ship uint8 batches."""
+    res = train_teacher.main(["--config", SMOKE, "--smoke", "--out", str(tmp_path), "--workers", "1",
+                              "--max-minutes", "5"])
+    assert res["step"] == 4 and np.isfinite(res["loss"]) and res["data_s"] >= 0
