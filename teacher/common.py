@@ -254,9 +254,12 @@ def mask_values(m: torch.Tensor) -> torch.Tensor:
 
 
 class Triplets(torch.utils.data.Dataset):
-    """Keep the entries the stages use (datasets may return extra ground truth), packed to uint8."""
+    """Keep the entries the stages use (datasets may return extra ground truth), as uint8: rendered that way by
+    datasets that can (`uint8` attribute: no float round trip), else packed."""
 
     def __init__(self, ds):
+        if hasattr(ds, "uint8"):
+            ds.uint8 = True
         self.ds = ds
 
     def __len__(self) -> int:

@@ -210,19 +210,37 @@ def test_garment_masks_world_and_folder(base, folder):
 
 
 def test_uint8_batches_are_exact(base):
-    """The stages ship uint8 batches (teacher.common.Triplets); converting back on the trainer's device gives the
-    float32 tensors the datasets return, bit for bit, for both sources, with resized (interpolated) masks too."""
+    """The stages ship uint8 batches (teacher.common.Triplets): rendered as uint8 by the datasets, or packed from
+    float for any other dataset. Converting back on the trainer's device gives the float32 tensors the datasets
+    return, bit for bit, for both sources, with resized (interpolated) masks too."""
     from teacher.common import Triplets, latent_region_weight, mask_values, pixels
 
-    for ds in (WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True),
-               FolderDataset(base, size=(48, 40), frames=FRAMES, garment_masks=True)):
-        packed, raw = Triplets(ds)[2], ds[2]
-        for k in ("reference", "garment", "video"):
-            assert packed[k].dtype == torch.uint8 and packed[k].numel() * 4 == raw[k].numel() * raw[k].element_size()
-            assert torch.equal(pixels(packed[k], "cpu"), raw[k])
-        assert packed["garment_mask"].dtype == torch.uint8
-        assert torch.equal(mask_values(packed["garment_mask"]), raw["garment_mask"])
-        lat = (1, 16, 1 + (FRAMES - 1) // 4, 6, 5)
-        assert torch.equal(latent_region_weight(packed["garment_mask"][None], lat, 4, 5.0),
-                           latent_region_weight(raw["garment_mask"][None], lat, 4, 5.0))
+    class Plain(torch.utils.data.Dataset):  # no `uint8` switch: Triplets packs its float items
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            return self.ds[i]
+
+    def world():
+        return WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True)
+
+    def fol():
+        return FolderDataset(base, size=(48, 40), frames=FRAMES, garment_masks=True)
+
+    for make in (world, fol):
+        raw = make()[2]
+        assert raw["video"].dtype == torch.float32  # the datasets' own default is unchanged
+        for packed in (Triplets(make())[2], Triplets(Plain(make()))[2]):
+            for k in ("reference", "garment", "video"):
+                assert packed[k].dtype == torch.uint8 and packed[k].shape == raw[k].shape
+                assert torch.equal(pixels(packed[k], "cpu"), raw[k])
+            assert packed["garment_mask"].dtype == torch.uint8
+            assert torch.equal(mask_values(packed["garment_mask"]), raw["garment_mask"])
+            lat = (1, 16, 1 + (FRAMES - 1) // 4, 6, 5)
+            assert torch.equal(latent_region_weight(packed["garment_mask"][None], lat, 4, 5.0),
+                               latent_region_weight(raw["garment_mask"][None], lat, 4, 5.0))
     assert torch.equal(pixels(raw["video"], "cpu", torch.bfloat16), raw["video"].bfloat16())  # float input passes

@@ -52,14 +52,16 @@ def _where(row: int) -> str:
     return f"row {row} ({META_FILE} line {row + 2})"
 
 
-def image_to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float [3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+def image_to_tensor(img: np.ndarray, uint8: bool = False) -> torch.Tensor:
+    """uint8 HxWx3 -> float [3, H, W] in [-1, 1] (or the uint8 [3, H, W] itself)."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    return t.contiguous() if uint8 else t.float().div_(127.5).sub_(1.0)
 
 
-def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+def video_to_tensor(frames: np.ndarray, uint8: bool = False) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1] (or the uint8 [3, T, H, W] itself)."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+    return t.contiguous() if uint8 else t.float().div_(127.5).sub_(1.0)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -153,6 +155,8 @@ class FolderDataset(Dataset):
         self.size = check_size(size)
         self.frames = check_frames(frames)
         self.skip_bad = skip_bad
+        # pixels and masks as uint8 (0..255) instead of float: what the training stages ship between processes
+        self.uint8 = False
         self.rows, self._parse_bad = read_meta(self.root)
         self.bad_rows: list[tuple[int, str]] = []
         self._index = list(range(len(self.rows)))
@@ -184,9 +188,9 @@ class FolderDataset(Dataset):
             raise DataError(f"{_where(row)}: {e}") from e
         video = np.stack([fit_crop(f, H, W) for f in video])
         item = {
-            "reference": image_to_tensor(fit_crop(ref, H, W)),
-            "garment": image_to_tensor(letterbox_white(cloth, H, W)),
-            "video": video_to_tensor(video),
+            "reference": image_to_tensor(fit_crop(ref, H, W), self.uint8),
+            "garment": image_to_tensor(letterbox_white(cloth, H, W), self.uint8),
+            "video": video_to_tensor(video, self.uint8),
             "prompt": r.prompt,
             "row": row,
         }
@@ -201,7 +205,8 @@ class FolderDataset(Dataset):
             raise DataError(f"{_where(row)}: gt sidecar has no per-frame 'masks' for {self.frames} frames")
         H, W = self.size
         up = (masks[:self.frames] == UPPER).astype(np.uint8) * 255
-        return torch.from_numpy(np.stack([fit_crop(m, H, W)[..., 0] for m in up]).astype(np.float32) / 255.0)
+        m = np.stack([fit_crop(m, H, W)[..., 0] for m in up])
+        return torch.from_numpy(m if self.uint8 else m.astype(np.float32) / 255.0)
 
     def __getitem__(self, i: int) -> dict:
         return self.load(self._index[i])
@@ -258,6 +263,7 @@ class WorldDataset(Dataset):
         self.split, self.size, self.frames = split, check_size(size), check_frames(frames)
         self.length, self.seed = int(length), int(seed)
         self.garment_masks = bool(garment_masks)
+        self.uint8 = False  # as FolderDataset.uint8
         self.world = world or MannequinWorld()
         self.world.triplet_seeds(0, split)  # validates the split name early
 
@@ -272,12 +278,13 @@ class WorldDataset(Dataset):
             raise IndexError(i)
         tr = self.world.sample_triplet(self.triplet_index(i), self.split, self.frames, self.size)
         item = {
-            "reference": image_to_tensor(tr.reference),
-            "garment": image_to_tensor(tr.garment),
-            "video": video_to_tensor(tr.video),
+            "reference": image_to_tensor(tr.reference, self.uint8),
+            "garment": image_to_tensor(tr.garment, self.uint8),
+            "video": video_to_tensor(tr.video, self.uint8),
             "prompt": tr.prompt,
             "row": int(i),
         }
         if self.garment_masks:
-            item["garment_mask"] = torch.from_numpy(tr.gt["masks"] == UPPER).float()  # [T, H, W]
+            upper = torch.from_numpy(tr.gt["masks"] == UPPER)  # [T, H, W]
+            item["garment_mask"] = upper.to(torch.uint8).mul_(255) if self.uint8 else upper.float()
         return item
