@@ -192,3 +192,14 @@ def test_smoke_with_data_workers(tmp_path):
     res = train_teacher.main(["--config", SMOKE, "--smoke", "--out", str(tmp_path), "--workers", "1",
                               "--max-minutes", "5"])
     assert res["step"] == 4 and np.isfinite(res["loss"]) and res["data_s"] >= 0
+
+
+def test_components_place_moves_the_frozen_vae_and_text_encoder():
+    """The trainer moves only the models it holds; the stages' frozen VAE and text encoder follow via `place`
+    (on the first GPU run the VAE stayed on the host and the first step failed on a device mismatch)."""
+    comp = build_components(ModelConfig(preset="test"))
+    assert comp.place("meta") is comp
+    for m in (comp.vae, comp.text_encoder):
+        tensors = list(m.parameters()) + list(m.buffers())
+        assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert next(comp.transformer.parameters()).device.type == "cpu"  # the trained model is the trainer's to move
