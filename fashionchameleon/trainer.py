@@ -624,6 +624,9 @@ class Trainer:
             gn = ctx.grad_norms.get(first_opt, float("nan"))
             last = {k: float(np.mean(v)) for k, v in window.items()}
             bar.update(1)
+            if deadline is not None and self._out_of_time(deadline):
+                acc.print(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
+                stop = self.step  # the usual stop-step paths below log, skip the eval and checkpoint
             if self.step % cfg.log_every == 0 or self.step == stop:
                 row = {"step": self.step, "lr": self.schedulers[first_opt].get_last_lr()[0], "grad_norm": gn,
                        "samples_seen": self.samples_seen, "elapsed_s": self.elapsed_s, **last}
@@ -636,13 +639,6 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < stop:
                 self.run_eval()
                 t_last = time.perf_counter()  # eval time does not count as training time
-            if deadline is not None and self._out_of_time(deadline):
-                acc.print(f"max_minutes={cfg.max_minutes:g} reached at step {self.step}; stopping")
-                stop = self.step
-                if self.step % cfg.log_every:
-                    self._log_row({"step": self.step, "lr": self.schedulers[first_opt].get_last_lr()[0],
-                                   "grad_norm": gn, "samples_seen": self.samples_seen,
-                                   "elapsed_s": self.elapsed_s, **last})
             if self.step % cfg.save_every == 0 or self.step == stop:
                 self.save_checkpoint()
                 t_last = time.perf_counter()
