@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fashionchameleon.configs import Preset, StreamConfig, get_preset
+from fashionchameleon.data.folder import uint8_to_unit
 from fashionchameleon.model import CausalWanTransformer3DModel
 from fashionchameleon.sampling import FlowMatching
 from fashionchameleon.text import LearnedTextEncoder, build_text_encoder
@@ -245,7 +246,7 @@ def pack_pixels(item: dict) -> dict:
 def pixels(x: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
     """A batch entry of `pack_pixels` (or a float one) -> [-1, 1] on `device` in `dtype`, converted there."""
     if x.dtype == torch.uint8:
-        return x.to(device).float().div_(127.5).sub_(1.0).to(dtype)
+        return uint8_to_unit(x.to(device)).to(dtype)
     return x.to(device, dtype)
 
 

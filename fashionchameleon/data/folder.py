@@ -52,16 +52,22 @@ def _where(row: int) -> str:
     return f"row {row} ({META_FILE} line {row + 2})"
 
 
+def uint8_to_unit(t: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1]; the one conversion every loader and the trainer's device side share, so
+    uint8 batches converted late are bit-identical to float ones converted early."""
+    return t.float().div_(127.5).sub_(1.0)
+
+
 def image_to_tensor(img: np.ndarray, uint8: bool = False) -> torch.Tensor:
     """uint8 HxWx3 -> float [3, H, W] in [-1, 1] (or the uint8 [3, H, W] itself)."""
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-    return t.contiguous() if uint8 else t.float().div_(127.5).sub_(1.0)
+    return t.contiguous() if uint8 else uint8_to_unit(t)
 
 
 def video_to_tensor(frames: np.ndarray, uint8: bool = False) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1] (or the uint8 [3, T, H, W] itself)."""
     t = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
-    return t.contiguous() if uint8 else t.float().div_(127.5).sub_(1.0)
+    return t.contiguous() if uint8 else uint8_to_unit(t)
 
 
 def read_image(path: str) -> np.ndarray:
