@@ -85,17 +85,27 @@ def few_step_sample(
     timesteps: torch.Tensor,
     fm: FlowMatching,
     generator: torch.Generator | None = None,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """Self-Forcing sampler: predict x0 at each t, re-noise it to the next t with fresh noise.
 
     `denoise(x_t, t) -> flow prediction`. Returns the final x0.
+    `eta` is the share of fresh noise in the re-noising (norm-preserving mix with the model's own noise estimate
+    `eps_hat = x_t + (1 - s) v`): 1 = the Self-Forcing sampler, 0 = a deterministic Euler step of the flow ODE.
     """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
     x = noise
     x0 = noise
     for i, t in enumerate(timesteps):
-        x0 = fm.x0_from_flow(x, denoise(x, t), t)
+        v = denoise(x, t)
+        x0 = fm.x0_from_flow(x, v, t)
         if i + 1 < len(timesteps):
-            eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+            if eta > 0:
+                eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+            if eta < 1:
+                eps_hat = x + (1 - fm._bcast(fm.sigma(t), x)) * v
+                eps = eps_hat if eta == 0 else (1 - eta ** 2) ** 0.5 * eps_hat + eta * eps
             x = fm.add_noise(x0, eps, timesteps[i + 1])
     return x0
 
@@ -121,13 +131,17 @@ def teacher_sample(
     scheduler: str = "unipc",
     shift: float = 5.0,
     generator: torch.Generator | None = None,
+    eta: float = 1.0,
+    stop_sigma: float = 0.0,
 ) -> torch.Tensor:
     """Many-step sampling with classifier-free guidance.
 
     `flow_fn(x_t, t, conditional) -> flow`; with `guidance_scale <= 1` only the conditional branch runs.
     `scheduler`: "unipc" / "euler" (diffusers ODE solvers), or "renoise": the students' stochastic sampler
     (predict x0, re-noise to the next t with fresh noise) over `steps` warped steps; it never integrates a velocity
-    error, so a briefly trained model gives blurred rather than noise-textured samples.
+    error, so a briefly trained model gives blurred rather than noise-textured samples. Its `eta` (1 = fresh noise
+    every step, 0 = Euler) and `stop_sigma` (return the x0 predicted at the last step with sigma >= stop_sigma, i.e.
+    skip the low-noise steps a briefly trained model gets wrong) trade structure against residual noise.
     """
 
     def guided(x, t):
@@ -141,7 +155,13 @@ def teacher_sample(
         fm = FlowMatching(shift=shift)
         n = fm.num_train_timesteps
         nominal = torch.arange(steps, dtype=torch.float64) * (-n / steps) + n  # n, ..., n / steps
-        return few_step_sample(guided, noise, fm.warp(nominal.tolist()), fm, generator=generator)
+        ts = fm.warp(nominal.tolist())
+        keep = ts >= stop_sigma * n
+        if not bool(keep.any()):
+            raise ValueError(f"stop_sigma={stop_sigma} leaves no sampling step")
+        return few_step_sample(guided, noise, ts[keep], fm, generator=generator, eta=eta)
+    if eta != 1.0 or stop_sigma:
+        raise ValueError("eta / stop_sigma apply to the 'renoise' sampler only")
     sched = make_teacher_scheduler(scheduler, shift)
     sched.set_timesteps(steps, device=noise.device)
     x = noise

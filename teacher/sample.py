@@ -29,7 +29,8 @@ from teacher.common import Components, DataConfig, build_dataset, cfg_flow, inco
 @torch.no_grad()
 def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.Tensor, prompts: list[str],
                      frames: int, steps: int = 50, guidance: float = 3.0, scheduler: str = "unipc", seed: int = 0,
-                     negative_prompt: str = "") -> torch.Tensor:
+                     negative_prompt: str = "", eta: float = 1.0, stop_sigma: float = 0.0,
+                     shift: float | None = None) -> torch.Tensor:
     """reference / garment `[B,3,H,W]` in [-1,1] -> generated clip `[B,3,frames,H,W]` in [-1,1]."""
     tr, vae, preset = comp.transformer.eval(), comp.vae.eval(), comp.preset
     dev = next(tr.parameters()).device
@@ -41,6 +42,7 @@ def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.T
     text_u = comp.text_encoder([negative_prompt] * b).to(dev).float()
     f = latent_frames(frames, preset.temporal_factor)
     g = torch.Generator().manual_seed(seed)
+    shift = preset.stream.timestep_shift if shift is None else shift
     noise = torch.randn((b, tr.config.in_channels, f, *ref.shape[-2:]), generator=g).to(dev)
 
     def flow_fn(x, t, conditional):
@@ -54,10 +56,10 @@ def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.T
             return cfg_flow(tr, ref, gar, x, tt, text_c, text_u, guidance)
 
         z = teacher_sample(guided, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=preset.stream.timestep_shift, generator=g)
+                           shift=shift, generator=g, eta=eta, stop_sigma=stop_sigma)
     else:
         z = teacher_sample(flow_fn, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=preset.stream.timestep_shift, generator=g)
+                           shift=shift, generator=g, eta=eta, stop_sigma=stop_sigma)
     return vae.decode(z.to(dt)).float()
 
 
@@ -104,35 +106,48 @@ def heldout_examples(comp: Components, split: str, num: int, frames: int, seed: 
 
 
 def transfer_scores(video: np.ndarray, garment: np.ndarray, old_garment: np.ndarray, evaluator,
-                    skip: int = 1, stride: int = 2) -> dict:
+                    skip: int = 1, stride: int = 2, real: np.ndarray | None = None) -> dict:
     """Garment fidelity (docs/EVAL.md) of the generated frames vs the garment image and vs the reference's own
-    garment; `transfer` = fraction of scored frames closer to the garment image (0.5 = no preference)."""
+    garment; `transfer` = fraction of scored frames closer to the garment image (0.5 = no preference).
+
+    With the `real` clip of the same triplet, `silhouette` is the mean IoU of the person masks of generated and real
+    frames (a frame without a person scores 0): the motion is the prompt's, so a kept body overlaps the real one and
+    a body that dissolves after frame 0 does not, even when the torso keeps the garment's colour."""
     from fashionchameleon import metrics as M
 
     masks = evaluator.masks(video)
+    real_masks = evaluator.masks(real) if real is not None else None
     new, old = M.GarmentReference(garment, evaluator.cfg), M.GarmentReference(old_garment, evaluator.cfg)
-    fn, fo = [], []
+    fn, fo, sil = [], [], []
     for t in range(skip, len(video), stride):
         a, b = M.garment_fidelity(video[t], masks[t], new, evaluator.cfg), \
             M.garment_fidelity(video[t], masks[t], old, evaluator.cfg)
         if not (np.isnan(a) or np.isnan(b)):
             fn.append(a), fo.append(b)
+        if real_masks is not None:
+            iou = M.silhouette_iou(masks[t], real_masks[t])
+            sil.append(0.0 if np.isnan(iou) else iou)
+    extra = {"silhouette": float(np.mean(sil))} if sil else {}
     if not fn:
-        return {"fidelity": float("nan"), "fidelity_old": float("nan"), "transfer": float("nan"), "frames": 0}
+        return {"fidelity": float("nan"), "fidelity_old": float("nan"), "transfer": float("nan"), "frames": 0} | extra
     fn, fo = np.array(fn), np.array(fo)
     return {"fidelity": float(fn.mean()), "fidelity_old": float(fo.mean()), "transfer": float((fn > fo).mean()),
-            "frames": int(len(fn))}
+            "frames": int(len(fn))} | extra
 
 
 def summarise_scores(scores: list[dict]) -> dict:
     keys = ("fidelity", "fidelity_old", "transfer")
     ok = [s for s in scores if s["frames"]]
-    return {k: float(np.mean([s[k] for s in ok])) if ok else float("nan") for k in keys} | {"examples": len(ok)}
+    out = {k: float(np.mean([s[k] for s in ok])) if ok else float("nan") for k in keys} | {"examples": len(ok)}
+    if scores and all("silhouette" in s for s in scores):  # over every example: a lost body is part of the result
+        out["silhouette"] = float(np.mean([s["silhouette"] for s in scores]))
+    return out
 
 
 def render_examples(comp: Components, examples: list[dict], out: str | Path, frames: int, steps: int,
                     guidance: float, seed: int, cols: int = 6, name: str = "teacher", scheduler: str = "unipc",
-                    mp4: bool = True, evaluator=None) -> dict:
+                    mp4: bool = True, evaluator=None, eta: float = 1.0, stop_sigma: float = 0.0,
+                    shift: float | None = None) -> dict:
     """Sample every example, write `<name>_<i>.mp4` and `<name>_sheet.png` under `out`.
 
     With an `evaluator` and examples that carry `reference_garment`, also score garment transfer of the generated
@@ -143,15 +158,17 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
     t0 = time.perf_counter()
     for i, ex in enumerate(examples):
         ref, gar = ex["reference"][None], ex["garment"][None]
-        vid = teacher_generate(comp, ref, gar, [ex["prompt"]], frames, steps, guidance, scheduler, seed + i)[0]
+        vid = teacher_generate(comp, ref, gar, [ex["prompt"]], frames, steps, guidance, scheduler, seed + i,
+                               eta=eta, stop_sigma=stop_sigma, shift=shift)[0]
         r, g, v = to_uint8(ex["reference"]), to_uint8(ex["garment"]), to_uint8(vid)
         rows.append(contact_row(r, g, v, cols, "gen"))
         if "video" in ex:
             rows.append(contact_row(r, g, to_uint8(ex["video"]), cols, "real"))
         if evaluator is not None and "reference_garment" in ex:
-            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator))
+            real = to_uint8(ex["video"]) if "video" in ex else None
+            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator, real=real))
             if "video" in ex:
-                real_scores.append(transfer_scores(to_uint8(ex["video"]), g, ex["reference_garment"], evaluator))
+                real_scores.append(transfer_scores(real, g, ex["reference_garment"], evaluator))
         if mp4:
             side = np.concatenate([np.broadcast_to(r, v.shape), np.broadcast_to(g, v.shape), v], axis=2)
             files.append(str(write_mp4(out / f"{name}_{i}.mp4", side, comp.preset.stream.fps)))
@@ -178,6 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--scheduler", default="unipc", choices=["unipc", "euler", "renoise"],
                     help="diffusers ODE solvers, or the stochastic x0 re-noising sampler (fashionchameleon.sampling)")
+    ap.add_argument("--eta", type=float, default=1.0,
+                    help="renoise only: share of fresh noise per step (1 = Self-Forcing sampler, 0 = Euler)")
+    ap.add_argument("--stop-sigma", type=float, default=0.0,
+                    help="renoise only: return the x0 predicted at the last step with sigma >= this")
+    ap.add_argument("--shift", type=float, help="sampling timestep shift (default: the stage's training shift)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--score", action="store_true",
@@ -208,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         evaluator = Evaluator()
     res = render_examples(comp, examples, args.out, frames, args.steps, args.guidance, args.seed,
-                          scheduler=args.scheduler, mp4=not args.no_mp4, evaluator=evaluator)
+                          scheduler=args.scheduler, mp4=not args.no_mp4, evaluator=evaluator, eta=args.eta,
+                          stop_sigma=args.stop_sigma, shift=args.shift)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

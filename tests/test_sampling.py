@@ -60,3 +60,59 @@ def test_teacher_sampler_with_cfg_reaches_target(sched):
     assert torch.allclose(out, target, atol=5e-2)
     guided = teacher_sample(flow, torch.randn(1, 4, 2, 3, 3), steps=30, guidance_scale=2.0, scheduler=sched)
     assert guided.mean() > out.mean()  # CFG extrapolates away from the unconditional answer
+
+
+def _toy_flow(x, t):
+    """A non-oracle flow, so that samplers that differ give different answers."""
+    s = float(t) / 1000
+    return torch.tanh(x) * (0.5 + s) + 0.1 * x ** 2
+
+
+def test_renoise_eta_zero_is_an_euler_step_and_eta_one_is_fresh_noise():
+    fm = FlowMatching(shift=3.0)
+    ts = fm.few_step_timesteps([1000, 800, 600, 400, 200])
+    noise = torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+
+    x = noise.clone()  # eta = 0: x_{t'} = x_t + (s' - s) v, the flow ODE's Euler step
+    for i, t in enumerate(ts):
+        v = _toy_flow(x, t)
+        if i + 1 == len(ts):
+            ref0 = fm.x0_from_flow(x, v, t)
+        else:
+            x = x + (float(ts[i + 1]) - float(t)) / 1000 * v
+    out0 = few_step_sample(_toy_flow, noise, ts, fm, generator=torch.Generator().manual_seed(1), eta=0.0)
+    assert torch.allclose(out0, ref0, atol=1e-5)
+
+    g = torch.Generator().manual_seed(1)  # eta = 1: the Self-Forcing sampler, fresh noise every step
+    x = noise.clone()
+    for i, t in enumerate(ts):
+        x0 = fm.x0_from_flow(x, _toy_flow(x, t), t)
+        if i + 1 < len(ts):
+            x = fm.add_noise(x0, torch.randn(x0.shape, generator=g), ts[i + 1])
+    out1 = few_step_sample(_toy_flow, noise, ts, fm, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out1, x0)
+    half = few_step_sample(_toy_flow, noise, ts, fm, generator=torch.Generator().manual_seed(1), eta=0.5)
+    assert not torch.allclose(half, out0, atol=1e-3) and not torch.allclose(half, out1, atol=1e-3)
+
+
+def test_renoise_stop_sigma_returns_the_x0_of_the_last_kept_step():
+    fm = FlowMatching(shift=5.0)
+    noise = torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+
+    def flow(x, t, conditional):
+        return _toy_flow(x, t)
+
+    nominal = torch.arange(10, dtype=torch.float64) * -100 + 1000
+    ts = fm.warp(nominal.tolist())
+    kept = ts[ts >= 0.6 * 1000]
+    assert 0 < len(kept) < len(ts)
+    want = few_step_sample(_toy_flow, noise, kept, fm, generator=torch.Generator().manual_seed(2), eta=0.3)
+    got = teacher_sample(flow, noise, steps=10, guidance_scale=1.0, scheduler="renoise", shift=5.0,
+                         generator=torch.Generator().manual_seed(2), eta=0.3, stop_sigma=0.6)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="leaves no sampling step"):
+        teacher_sample(flow, noise, steps=10, guidance_scale=1.0, scheduler="renoise", stop_sigma=1.01)
+    with pytest.raises(ValueError, match="eta must be in"):
+        teacher_sample(flow, noise, steps=10, guidance_scale=1.0, scheduler="renoise", eta=1.5)
+    with pytest.raises(ValueError, match="'renoise' sampler only"):
+        teacher_sample(flow, noise, steps=10, guidance_scale=1.0, scheduler="euler", eta=0.5)

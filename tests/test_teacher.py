@@ -166,6 +166,10 @@ def test_transfer_scores_tell_garments_apart():
         scores.append(s)
         # the same clip scored against swapped garments flips the preference
         assert transfer_scores(video, old, gar, ev)["transfer"] < s["transfer"]
+        # body score: the real clip against itself keeps the body; background-only frames lose it
+        assert transfer_scores(video, gar, old, ev, real=video)["silhouette"] == 1.0
+        empty = np.broadcast_to(video[:, :4, :4].mean(axis=(1, 2), keepdims=True), video.shape).astype(np.uint8)
+        assert transfer_scores(empty, gar, old, ev, real=video)["silhouette"] < 0.1
     summary = summarise_scores(scores)
     assert summary["transfer"] > 0.9 and summary["fidelity"] > summary["fidelity_old"]
 
