@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from fashionchameleon.configs import Preset, StreamConfig
+from fashionchameleon.configs import Preset
 from fashionchameleon.stream import PRESET_FILE
 from teacher.common import stage_from_trainer_export
 
@@ -36,10 +36,7 @@ def parse_stream(items: list[str]) -> dict:
 
 
 def with_stream(preset: Preset, overrides: dict) -> Preset:
-    d = preset.to_dict()
-    d["stream"] = {**d["stream"], **overrides}
-    StreamConfig.from_dict(dict(d["stream"]))  # validates before anything is written
-    return Preset.from_dict(d)
+    return preset.with_stream(**overrides)  # validates before anything is written
 
 
 def main(argv: list[str] | None = None) -> Path:

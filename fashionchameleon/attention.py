@@ -32,7 +32,8 @@ def _is_block_mask(mask) -> bool:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, backend: str = "sdpa") -> torch.Tensor:
-    """`q [B, H, Lq, D]`, `k, v [B, H, Lk, D]`; `mask` is None, a dense bool `[Lq, Lk]` or a BlockMask."""
+    """`q [B, H, Lq, D]`, `k, v [B, H, Lk, D]`; `mask` is None, a dense bool `[Lq, Lk]` (True = attend), additive
+    float logits broadcastable to `[Lq, Lk]` (the cache's garment key bias), or a BlockMask."""
     if _is_block_mask(mask):
         return _flex()(q, k, v, block_mask=mask) if q.is_cuda else _flex_eager()(q, k, v, block_mask=mask)
     if backend == "xformers" and q.is_cuda and mask is None:

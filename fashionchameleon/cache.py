@@ -68,6 +68,7 @@ class KVCache:
         device: torch.device | str = "cpu",
         rope_mode: str = "rolling",
         rerotate: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        garment_bias: float = 0.0,
     ):
         if rope_mode == "rolling" and rerotate is None:
             raise ValueError("rope_mode='rolling' needs a rerotate function (the model's rope)")
@@ -75,6 +76,7 @@ class KVCache:
         self.num_layers = num_layers
         self.rope_mode = rope_mode
         self.rerotate = rerotate
+        self.garment_bias = float(garment_bias)
         cap = layout.capacity_frames * layout.tokens_per_frame
         shape = (batch_size, num_heads, cap, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -172,6 +174,18 @@ class KVCache:
             k_all, v_all = k_all.clone(), v_all.clone()
             self._evict_layer(layer, frames, overflow)
         return k_all, v_all
+
+    def key_bias(self, num_keys: int, op: CacheOp, dtype: torch.dtype, device) -> torch.Tensor | None:
+        """Additive logits `[1, num_keys]` for the keys `attend` returned (garment slot = `garment_bias`), or None.
+
+        Only the generated frames' queries ("read" / "commit") are biased: the condition pass stays as trained."""
+        if not self.garment_bias or op == "cond":
+            return None
+        t = self.layout.tokens_per_frame
+        a, b = self.slot_frames(Slot.GARMENT)
+        bias = torch.zeros(1, num_keys, dtype=dtype, device=device)
+        bias[:, a * t:b * t] = self.garment_bias
+        return bias
 
     def _overflow(self, new_frames: int) -> int:
         """Window frames a commit of `new_frames` must evict (0 while the chunk still fills the sink)."""

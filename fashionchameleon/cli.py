@@ -28,6 +28,9 @@ def render_main(argv) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default="disentangle")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--garment-bias", type=float, default=None,
+                   help="attention logit added to the garment image's tokens (default: the checkpoint's; "
+                        "docs/RESCHEDULING.md)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
     p.add_argument("--sheet", default=None, help="also write a contact sheet PNG (a row per garment segment)")
@@ -43,7 +46,8 @@ def render_main(argv) -> dict:
 
     ref = _load_image(a.reference)
     garments = {g: _load_image(g) for g in a.garment}
-    engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device)
+    stream = {} if a.garment_bias is None else {"garment_attention_bias": a.garment_bias}
+    engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device, stream=stream)
     timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
                         policy=a.policy, checkpoint=engine.checkpoint,
                         swaps=[Swap(0, a.garment[0])] + [Swap(f, g) for f, g in zip(swaps, a.garment[1:])])
@@ -64,6 +68,7 @@ def render_main(argv) -> dict:
             if due is not None:
                 session.request_swap(garments[due.garment], due.garment)
     timeline.extra["applied"] = applied
+    timeline.extra["garment_attention_bias"] = engine.stream_config.garment_attention_bias
     save_timeline(timeline, out.with_suffix(".json"))
     if a.sheet:
         import numpy as np

@@ -6,6 +6,7 @@ Every shape in the project derives from a `Preset`; nothing downstream hard-code
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -30,6 +31,10 @@ class StreamConfig:
     # 0 = the clean write of the paper). A noised history damps the stream's feedback on its own artefacts; the
     # student must be trained for it (distill.train_tf `tf.context_noise_max`).
     context_noise: float = 0.0
+    # Additive attention logit on the garment slot's keys for every generated frame's queries (0 = the paper).
+    # Training-free: log(k) weighs each garment token as k copies, pulling the torso towards the garment image
+    # when the reference and the history still show the old garment (docs/RESCHEDULING.md).
+    garment_attention_bias: float = 0.0
 
     def __post_init__(self):
         self.denoising_steps = tuple(int(s) for s in self.denoising_steps)
@@ -46,6 +51,10 @@ class StreamConfig:
             raise ValueError("denoising_steps must not be empty")
         if not 0.0 <= self.context_noise < self.num_train_timesteps:
             raise ValueError(f"context_noise must be in [0, {self.num_train_timesteps}), got {self.context_noise}")
+        if not math.isfinite(self.garment_attention_bias):
+            raise ValueError(f"garment_attention_bias must be finite, got {self.garment_attention_bias}")
+        if self.garment_attention_bias and self.cond_frames < 2:
+            raise ValueError("garment_attention_bias needs a garment slot (cond_frames >= 2)")
 
     @property
     def sink_frames(self) -> int:
@@ -103,6 +112,12 @@ class Preset:
         d = dict(_checked(cls, d))
         d["stream"] = StreamConfig.from_dict(d.get("stream", {}))
         return cls(**d)
+
+    def with_stream(self, **overrides) -> "Preset":
+        """A copy with `StreamConfig` fields replaced; validated like any preset (bad keys / values raise)."""
+        d = self.to_dict()
+        d["stream"] = {**d["stream"], **overrides}
+        return Preset.from_dict(d)
 
     def flops_per_chunk(self) -> float:
         """Approximate forward FLOPs of one chunk step (matmuls only) at steady state."""

@@ -120,7 +120,7 @@ class CausalWanBlock(nn.Module):
         mask = ctx.mask
         if ctx.kv_cache is not None:
             k, v = ctx.kv_cache.attend(layer, k, v, ctx.cache_op)
-            mask = None
+            mask = ctx.kv_cache.key_bias(k.shape[2], ctx.cache_op, q.dtype, q.device)
         o = attention(q, k, v, mask, backend=ctx.backend).transpose(1, 2).flatten(2).type_as(q)
         o = a.to_out[1](a.to_out[0](o))
         x = gated(x, o, gate).type_as(x)
@@ -224,13 +224,14 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
         _, ph, pw = self.config.patch_size
         return (height // ph) * (width // pw)
 
-    def new_kv_cache(self, layout, batch_size: int = 1, dtype=None, device=None, rope_mode: str = "rolling"):
+    def new_kv_cache(self, layout, batch_size: int = 1, dtype=None, device=None, rope_mode: str = "rolling",
+                     garment_bias: float = 0.0):
         p = next(self.parameters())
         return KVCache(
             num_layers=self.config.num_layers, num_heads=self.config.num_attention_heads,
             head_dim=self.config.attention_head_dim, layout=layout, batch_size=batch_size,
             dtype=dtype or p.dtype, device=device or p.device, rope_mode=rope_mode,
-            rerotate=self.rope.rotate_frames,
+            rerotate=self.rope.rotate_frames, garment_bias=garment_bias,
         )
 
     def new_cross_cache(self) -> CrossAttnCache:

@@ -120,7 +120,8 @@ class StreamingEngine:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device="cpu",
-                        dtype=torch.float32) -> "StreamingEngine":
+                        dtype=torch.float32, stream: dict | None = None) -> "StreamingEngine":
+        """`stream`: `StreamConfig` fields replacing the checkpoint's (e.g. {"garment_attention_bias": 1.4})."""
         path = Path(path) if path is not None else DEFAULT_CHECKPOINT
         if not path.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {path}")
@@ -131,6 +132,8 @@ class StreamingEngine:
             preset = Preset.from_dict(json.loads(pfile.read_text()))
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise ValueError(f"{pfile}: bad preset: {e}") from e
+        if stream:
+            preset = preset.with_stream(**stream)
         for sub in ("transformer", "vae"):
             if not (path / sub).is_dir():
                 raise CheckpointError(f"{path}: missing sub-folder {sub}/")
@@ -221,7 +224,8 @@ class StreamingSession:
         h, w = e.height // e.preset.spatial_factor, e.width // e.preset.spatial_factor
         self.latent_shape = (1, e.transformer.config.in_channels, cfg.chunk_frames, h, w)
         layout = CacheLayout.from_stream(cfg, e.transformer.tokens_per_frame(h, w))
-        self.cache = e.transformer.new_kv_cache(layout, dtype=e.dtype, device=e.device, rope_mode=cfg.rope_mode)
+        self.cache = e.transformer.new_kv_cache(layout, dtype=e.dtype, device=e.device, rope_mode=cfg.rope_mode,
+                                                garment_bias=cfg.garment_attention_bias)
         self.cross_cache = e.transformer.new_cross_cache()
         self.timesteps = e.fm.few_step_timesteps(cfg.denoising_steps, cfg.warp_denoising_steps)
         self.decoder = e.vae.stream_decoder()

@@ -117,6 +117,44 @@ def test_cached_chunks_equal_full_block_causal_forward(pair):
     assert cache.state()["stored_frames"] == 2 + 2 * n_chunks
 
 
+def test_garment_attention_bias_cached_equals_biased_block_causal_forward(pair):
+    """The cache's garment key bias == one block-causal forward whose float mask adds the bias to the garment
+    columns of every generated frame's rows (condition rows unbiased); bias 0 leaves the cached path unmasked."""
+    _, m = pair
+    bias = 0.7
+    stream = StreamConfig(chunk_frames=2, cond_frames=2, cache_frames=2 + 2 + 6 + 2, sink_chunks=1,
+                          garment_attention_bias=bias)
+    n_chunks = 3
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 16, 2 + 2 * n_chunks, 4, 6, generator=g)
+    e = torch.randn(1, 5, 16, generator=g)
+    t0 = torch.zeros(1, x.shape[2])
+    tpf = m.tokens_per_frame(4, 6)
+    allowed = block_causal_mask(x.shape[2], tpf, 2, 2)
+    logits = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    logits[2 * tpf:, tpf:2 * tpf] += bias
+    with torch.no_grad():
+        full = m(x, t0, e, attention_mode="block_causal", chunk_frames=2, cond_frames=2,
+                 attention_mask=logits).sample
+        plain = m(x, t0, e, attention_mode="block_causal", chunk_frames=2, cond_frames=2).sample
+        cache = m.new_kv_cache(CacheLayout.from_stream(stream, tpf), garment_bias=stream.garment_attention_bias)
+        cross = m.new_cross_cache()
+        outs = [m(x[:, :, :2], t0[:, :2], e, kv_cache=cache, cache_op="cond", crossattn_cache=cross).sample]
+        for j in range(n_chunks):
+            sl = slice(2 + 2 * j, 4 + 2 * j)
+            outs.append(m(x[:, :, sl], t0[:, sl], None, kv_cache=cache, cache_op="commit",
+                          crossattn_cache=cross).sample)
+    cached = torch.cat(outs, dim=2)
+    assert (cached - full).abs().max().item() <= ATOL
+    assert (full - plain)[:, :, 2:].abs().max().item() > 1e-3  # the bias changes the generated frames ...
+    assert (full - plain)[:, :, :2].abs().max().item() <= ATOL  # ... and not the condition pass
+    assert cache.key_bias(10 * tpf, "cond", torch.float32, "cpu") is None
+    assert m.new_kv_cache(CacheLayout.from_stream(stream, tpf)).key_bias(10 * tpf, "read", torch.float32,
+                                                                         "cpu") is None
+    with pytest.raises(ValueError, match="garment_attention_bias must be finite"):
+        StreamConfig(garment_attention_bias=float("nan"))
+
+
 @pytest.mark.parametrize("context_t", [0.0, 150.0])
 def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair, context_t):
     """A noisy chunk denoised against the cache == its output under the in-context TF mask, also when the history
