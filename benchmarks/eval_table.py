@@ -145,9 +145,10 @@ def write_md(path: Path, block: str) -> None:
 
 
 def run_key(name: str, model_dir: Path | None) -> str:
-    """Cache-file stem: the full model name (slugged) + a digest of the checkpoint's weight files' contents, so a
-    retrained model (or two names sharing a first word) never reuses another run's results, and a copied
-    checkpoint (runs/X/final exported to assets/) still finds its own."""
+    """Cache-file stem: the full model name (slugged) + a digest of the checkpoint's weight files' contents and its
+    streaming settings, so a retrained model, the same weights streamed otherwise (context noise, garment bias) or
+    two names sharing a first word never reuse another run's results, and a copied checkpoint (runs/X/final
+    exported to assets/) still finds its own."""
     import hashlib
     import re
 
@@ -158,6 +159,11 @@ def run_key(name: str, model_dir: Path | None) -> str:
     for f in sorted(Path(model_dir).rglob("*.safetensors"), key=lambda f: f.relative_to(model_dir).as_posix()):
         h.update(f.relative_to(model_dir).as_posix().encode())
         h.update(hashlib.sha1(f.read_bytes()).digest())
+    preset = Path(model_dir) / "preset.json"
+    if preset.is_file():
+        import json
+
+        h.update(json.dumps(json.loads(preset.read_text())["stream"], sort_keys=True).encode())
     return f"{slug}_{h.hexdigest()[:8]}"
 
 

@@ -94,6 +94,13 @@ def test_eval_table_cache_keys_and_paired_differences(tmp_path):
     assert run_key("x", a) == run_key("x", b)
     (b / "transformer" / "w.safetensors").write_bytes(b"retrained")
     assert run_key("x", a) != run_key("x", b)
+    # the same weights streamed with other settings (garment bias) are another run
+    from fashionchameleon.configs import get_preset
+
+    (a / "preset.json").write_text(json.dumps(get_preset("tiny").to_dict()))
+    before = run_key("x", a)
+    (a / "preset.json").write_text(json.dumps(get_preset("tiny").with_stream(garment_attention_bias=1.0).to_dict()))
+    assert run_key("x", a) != before
     # paired differences: a constant +0.1 fidelity gap has a zero-width interval; unmatched policies are skipped
     n = 20
     base = _fake_result("disentangle", [0.5] * n, [0.0] * n, [1.0] * n)
