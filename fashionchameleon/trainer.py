@@ -99,13 +99,18 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0  # 0: leave torch's default
     max_minutes: float = 0.0  # > 0: stop (checkpoint, final eval) after this much wall time; fits a GPU lease
+    # Each loaded micro-batch is used for this many consecutive micro-batches (fresh noise and timesteps each
+    # time: the step RNG is reseeded per micro-batch). For a data-bound GPU run that renders clips on the fly;
+    # `samples_seen` counts echoed samples too.
+    data_echo: int = 1
 
     def __post_init__(self):
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}")
         if self.mixed_precision not in _PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {_PRECISIONS}, got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "save_every", "log_every", "lr_step_size"):
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "save_every", "log_every", "lr_step_size",
+                     "data_echo"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "ema_start_step", "eval_every", "num_threads", "num_workers", "keep_checkpoints"):
@@ -547,17 +552,22 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------------------------------
     def _batches(self) -> Iterable[Any]:
-        """Infinite batch stream starting at the micro-batch matching self.step (exact resume)."""
+        """Infinite batch stream starting at the micro-batch matching self.step (exact resume), each loaded batch
+        repeated `data_echo` times."""
         per_epoch = len(self.dataloader)
-        micro = self.step * self.config.grad_accum_steps
-        epoch, skip = divmod(micro, per_epoch)
+        echo = self.config.data_echo
+        loaded, used = divmod(self.step * self.config.grad_accum_steps, echo)  # `used` echoes of it already ran
+        epoch, skip = divmod(loaded, per_epoch)
         while True:
             if self._sampler is not None:
                 self._sampler.set_epoch(epoch)
             if hasattr(self.dataloader, "set_epoch"):
                 self.dataloader.set_epoch(epoch)
             dl = self.accelerator.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
-            yield from dl
+            for batch in dl:
+                for _ in range(echo - used):
+                    yield batch
+                used = 0
             epoch, skip = epoch + 1, 0
 
     def _out_of_time(self, deadline: float) -> bool:
@@ -654,9 +664,9 @@ def _fmt(v: Any) -> Any:
 def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = None,
                         output_dir: str | None = None, num_threads: int | None = None,
                         max_minutes: float | None = None, batch_size: int | None = None,
-                        num_workers: int | None = None) -> "TrainConfig":
+                        num_workers: int | None = None, data_echo: int | None = None) -> "TrainConfig":
     """The train-section overrides every entry point shares (--smoke / --max-steps / --out / --threads /
-    --max-minutes / --batch-size / --workers); sets the CPU threads.
+    --max-minutes / --batch-size / --workers / --data-echo); sets the CPU threads.
 
     `smoke` is a stage's smoke section (needs `max_steps` and `batch_size`).
     """
@@ -670,7 +680,8 @@ def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = 
         over["output_dir"] = output_dir
     if num_threads:
         over["num_threads"] = num_threads
-    for k, v in (("max_minutes", max_minutes), ("batch_size", batch_size), ("num_workers", num_workers)):
+    for k, v in (("max_minutes", max_minutes), ("batch_size", batch_size), ("num_workers", num_workers),
+                 ("data_echo", data_echo)):
         if v is not None:
             over[k] = v
     cfg = dataclass_from_dict(TrainConfig, {**vars(cfg), **over})

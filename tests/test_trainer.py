@@ -30,13 +30,13 @@ def _step(ctx, batch):
     return {"loss": (recon - x).abs().mean(), "mse": (recon - x).pow(2).mean().detach()}
 
 
-def _trainer(out, max_steps):
+def _trainer(out, max_steps, step=_step, **train):
     torch.manual_seed(0)
     vae = FastVAE(z_dim=4, spatial_factor=8, temporal_factor=4, base_channels=4)
     cfg = TrainConfig(output_dir=str(out), max_steps=max_steps, batch_size=4, lr=3e-3, warmup_steps=2,
                       lr_schedule="cosine", grad_clip=0.5, ema_models=["vae"], ema_decay=0.9, ema_start_step=2,
-                      save_every=3, log_every=1, keep_checkpoints=10)
-    return Trainer(cfg, {"vae": vae}, _step, _data())
+                      save_every=3, log_every=1, keep_checkpoints=10, **train)
+    return Trainer(cfg, {"vae": vae}, step, _data())
 
 
 def _weights(tr):
@@ -74,6 +74,32 @@ def test_resume_is_exact(tmp_path):
     rows = list(csv.DictReader((tmp_path / "b" / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 10))
     assert {"loss", "lr", "grad_norm", "samples_seen", "elapsed_s", "mse"} <= set(rows[0])
+
+
+def test_data_echo_reuses_each_batch_and_resumes_exactly(tmp_path):
+    """data_echo=2: every loaded batch feeds two consecutive steps (with fresh step noise), and a resume that lands
+    between the two echoes of a batch continues exactly, across the epoch boundary (6 batches per epoch)."""
+    seen: list[float] = []
+
+    def recording(ctx, batch):
+        seen.append(float(batch[0].sum()))
+        return _step(ctx, batch)
+
+    a = _trainer(tmp_path / "a", 15, recording, data_echo=2)
+    a.train()
+    assert len(seen) == 15 and seen[0::2][:7] == seen[1::2][:7] and len(set(seen)) == 8
+    assert a.samples_seen == 60
+    b = _trainer(tmp_path / "b", 15, data_echo=2)
+    b.train(until=3)  # micro-batch 3 is the second echo of loaded batch 1
+    b2 = _trainer(tmp_path / "b", 15, data_echo=2)
+    b2.train(resume=True)
+    wa, wb = _weights(a), _weights(b2)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    plain = _trainer(tmp_path / "c", 15)
+    plain.train()
+    assert not all(torch.equal(wa[k], w) for k, w in _weights(plain).items())
+    with pytest.raises(ValueError, match="data_echo must be >= 1"):
+        TrainConfig(data_echo=0)
 
 
 def test_config_validation(tmp_path):
