@@ -35,6 +35,7 @@ COLUMNS = (
     ("initial_success", "initial success ↑", "mean", "{:.2f}"),
     ("non_target", "non-target pres. ↑", "mean", "{:.3f}"),
     ("identity", "identity ↑", "mean", "{:.3f}"),
+    ("body_iou", "body IoU vs GT ↑", "mean", "{:.3f}"),
     ("continuity_kp", "continuity (landmarks, median) →1", "median", "{:.2f}"),
     ("continuity_px", "continuity (pixels, median) →oracle", "median", "{:.2f}"),
     ("flicker", "flicker ↓", "mean", "{:.2f}"),
@@ -63,7 +64,7 @@ def table(rows: list[tuple[str, dict]], missing: list[str]) -> str:
     lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
     for model, res in rows:
         s = res["summary"]
-        cells = [fmt(s.get(k), which, f, k in ("fidelity", "swap_success", "non_target", "identity"))
+        cells = [fmt(s.get(k), which, f, k in ("fidelity", "swap_success", "non_target", "identity", "body_iou"))
                  for k, _, which, f in COLUMNS]
         lines.append(f"| {model} | {res['policy']} | {res['cases']} ({res['long_cases']}) | " + " | ".join(cells) + " |")
     for m in missing:

@@ -149,8 +149,13 @@ def _nanmean(v) -> float:
 
 
 def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, evaluator: Evaluator,
-                settle: int, cfg: BenchConfig = BenchConfig()) -> dict:
-    """All metrics of one streamed (or GT) video whose garment changes at `swap_frames` (actual frames)."""
+                settle: int, cfg: BenchConfig = BenchConfig(), gt_masks: np.ndarray | None = None) -> dict:
+    """All metrics of one streamed (or GT) video whose garment changes at `swap_frames` (actual frames).
+
+    `gt_masks`: the world's label maps of the same schedule; they add `body_iou`, the IoU of the predicted and
+    the ground-truth person silhouettes (0 where either is empty). It falls when the body dissolves, when garment
+    colour floods its surroundings, or when the motion leaves the prompt's path; colour metrics miss the first
+    two."""
     mc = evaluator.cfg
     T = len(frames)
     masks = evaluator.masks(frames)
@@ -165,7 +170,7 @@ def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, 
         cur = garments[j]
         prev = garments[j - 1] if j else ref_garment
         idx = list(range(min(a + settle, b - 1), b, cfg.score_stride)) if b > a else []
-        fc, col, pat, fp, nt, ident = [], [], [], [], [], []
+        fc, col, pat, fp, nt, ident, body = [], [], [], [], [], [], []
         for t in idx:
             f, c, p = M.garment_fidelity(frames[t], masks[t], cur, mc, parts=True)
             fid_cur[t] = f
@@ -173,6 +178,9 @@ def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, 
             fp.append(M.garment_fidelity(frames[t], masks[t], prev, mc))
             nt.append(M.non_target_preservation(frames[t], masks[t], ref, ref_mask, mc))
             ident.append(M.identity_preservation(frames[t], masks[t], ref, ref_mask, mc))
+            if gt_masks is not None:
+                iou = M.silhouette_iou(masks[t], gt_masks[t])
+                body.append(0.0 if math.isnan(iou) else iou)
         fid, fid_prev = _nanmean(fc), _nanmean(fp)
         segments.append({
             "garment_id": assets.case.garment_ids[j], "start": a, "end": b, "scored_frames": len(idx),
@@ -181,6 +189,7 @@ def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, 
             "non_target": _nanmean([d["mean"] for d in nt]),
             "non_target_per_class": {k: _nanmean([d[k] for d in nt]) for k in M.NON_TARGET},
             "identity": _nanmean([d["mean"] for d in ident]),
+            "body_iou": _nanmean(body),
             "flicker": M.temporal_flicker(frames[a:b], masks[a:b], mc) if b - a > 1 else float("nan"),
         })
     out = {
@@ -231,7 +240,9 @@ def run_case(engine, case: Case, policy: str, evaluator: Evaluator, cfg: BenchCo
     gens = np.asarray(gens[:case.frames])
     actual = [int(i) for i in np.nonzero(np.diff(gens))[0] + 1]
     t1 = time.perf_counter()
-    res = score_video(frames, actual, assets, evaluator, settle_frames(engine) * cfg.settle_chunks, cfg)
+    _, gt = assets.ground_truth(actual)  # the same schedule, swaps where the stream actually swapped
+    res = score_video(frames, actual, assets, evaluator, settle_frames(engine) * cfg.settle_chunks, cfg,
+                      gt_masks=gt["masks"])
     res.update(case=case.index, long=case.long, frames=int(len(frames)), policy=policy,
                requested_swaps=list(case.swap_frames), actual_swaps=actual,
                swap_delay_frames=[a - r for a, r in zip(actual, case.swap_frames)],
@@ -276,9 +287,9 @@ def run_oracle(case: Case, evaluator: Evaluator, size: tuple[int, int], settle: 
                cfg: BenchConfig = BenchConfig(), world: MannequinWorld | None = None) -> dict:
     """Score the ground-truth render of the case (swaps exactly at the requested frames)."""
     assets = CaseAssets(case, world or MannequinWorld(), size)
-    frames, _ = assets.ground_truth()
+    frames, gt = assets.ground_truth()
     t1 = time.perf_counter()
-    res = score_video(frames, list(case.swap_frames), assets, evaluator, settle, cfg)
+    res = score_video(frames, list(case.swap_frames), assets, evaluator, settle, cfg, gt_masks=gt["masks"])
     res.update(case=case.index, long=case.long, frames=int(len(frames)), policy="oracle",
                requested_swaps=list(case.swap_frames), actual_swaps=list(case.swap_frames), swap_delay_frames=[],
                fps=float("nan"), generate_s=0.0, score_s=time.perf_counter() - t1, swap_latency_s=[])
@@ -286,7 +297,7 @@ def run_oracle(case: Case, evaluator: Evaluator, size: tuple[int, int], settle: 
 
 
 SUMMARY_KEYS = ("fidelity", "fidelity_first", "fidelity_after_swap", "initial_success", "swap_success",
-                "non_target", "identity", "continuity_kp", "continuity_px", "flicker", "drift", "fidelity_early",
+                "non_target", "identity", "body_iou", "continuity_kp", "continuity_px", "flicker", "drift", "fidelity_early",
                 "fidelity_late", "swap_delay_frames", "fps", "swap_latency_s", "case_seconds")
 
 
@@ -308,6 +319,7 @@ def aggregate(results: list[dict]) -> dict:
             col["initial_success" if j == 0 else "swap_success"].append(s["success"])
             col["non_target"].append(s["non_target"])
             col["identity"].append(s["identity"])
+            col["body_iou"].append(s.get("body_iou", float("nan")))  # absent in results from before it existed
         col["continuity_kp"] += r["continuity_kp"]
         col["continuity_px"] += r["continuity_px"]
         col["flicker"].append(r["flicker"])

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,7 +39,29 @@ def test_oracle_scores_are_sane():
     assert len(segs) == len(case.garments)
     assert all(s["success"] == 1.0 for s in segs)
     assert all(s["fidelity"] > 0.6 and s["non_target"] > 0.8 and s["identity"] > 0.8 for s in segs)
+    assert all(s["body_iou"] > 0.85 for s in segs)  # the segmenter on GT renders vs the GT silhouettes
     assert all(c < 5.0 for c in r["continuity_kp"])
+
+
+def test_body_iou_catches_a_body_the_colour_metrics_keep():
+    """A torso-coloured haze over the whole person region: garment colour and identity colours survive in what the
+    segmenter labels, but the silhouette no longer matches the ground truth."""
+    import cv2
+
+    ev = E.Evaluator()
+    case = E.build_cases(1, seed=0, frames=24)[0]
+    world = MannequinWorld()
+    assets = E.CaseAssets(case, world, (world.config.height, world.config.width))
+    frames, gt = assets.ground_truth()
+    person = (gt["masks"] != 0).astype(np.uint8)
+    grown = np.stack([cv2.dilate(m, np.ones((25, 25), np.uint8)) for m in person]).astype(bool)
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 6) for f in frames])
+    haze = np.where(grown[..., None], blurred, frames)
+    ok = E.score_video(frames, list(case.swap_frames), assets, ev, 0, gt_masks=gt["masks"])
+    bad = E.score_video(haze, list(case.swap_frames), assets, ev, 0, gt_masks=gt["masks"])
+    iou_ok = np.mean([s["body_iou"] for s in ok["segments"]])
+    iou_bad = np.mean([s["body_iou"] for s in bad["segments"]])
+    assert iou_ok > 0.85 and iou_bad < iou_ok - 0.15
 
 
 @pytest.mark.parametrize("policy", ["disentangle"])
