@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_lease.sh teacher [MINUTES [INIT]]    # INIT: continue from a carried stage folder
 #   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN [TEACHER]
 #   bash benchmarks/gpu_lease.sh bench
+# DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored) are installed first if present.
 # Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
 set -uo pipefail
@@ -28,6 +29,7 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 SHM_GB=$(( $(df -k /dev/shm | awk 'NR==2{print $4}') / 1048576 ))
 WORKERS=$(( SHM_GB / 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 1 )) && WORKERS=0
 echo "shm ${SHM_GB} GB -> ${WORKERS} data workers"
+ECHO=${DATA_ECHO:-1}
 
 bench() {  # $1 preset, $2 frames, $3 swap-every, $4 seconds
     local name=${1//./}
@@ -62,7 +64,8 @@ dmd_pack() {  # generator EMA snapshots, two per archive (16 MB per file comes b
 case $STAGE in
 all)  # teacher -> TF -> DMD in one call; each stage is packed as soon as it ends
     T_MIN=${2:-3}; TF_MIN=${3:-2}; DMD_MIN=${4:-2}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$T_MIN" --workers "$WORKERS"
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$T_MIN" --workers "$WORKERS" \
+        --data-echo "$ECHO"
     rc=$?; pack teacher.tgz runs/gpu_teacher; (( rc )) && { echo "teacher failed ($rc)"; exit 5; }
     python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS"
     rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && { echo "TF failed ($rc)"; exit 6; }
@@ -74,7 +77,7 @@ all)  # teacher -> TF -> DMD in one call; each stage is packed as soon as it end
 teacher)  # optional INIT: a stage folder to continue from (carry it), e.g. runs/gpu_teacher/final of run 5
     MIN=${2:-5}; INIT=${3:-}
     python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS" \
-        ${INIT:+--init "$INIT" --out runs/gpu_teacher_next}
+        --data-echo "$ECHO" ${INIT:+--init "$INIT" --out runs/gpu_teacher_next}
     rc=$?; pack teacher.tgz "$([[ -n $INIT ]] && echo runs/gpu_teacher_next || echo runs/gpu_teacher)"; (( rc )) && exit 5
     ;;
 distill)  # optional TEACHER: the teacher stage folder to distil (default: the configs' runs/gpu_teacher/final)
