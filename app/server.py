@@ -170,18 +170,26 @@ def _parse_extra(argv) -> dict:
                    "'turn:turn.example.com:3478?transport=udp|user|secret' (comma-separated or a JSON list)")
     p.add_argument("--policy", default=None, help="swap policy (refresh, withdraw, disentangle, recache)")
     p.add_argument("--random-weights", default=None, metavar="PRESET", help="serve an untrained preset (UI testing)")
+    p.add_argument("--garment-bias", type=float, default=None,
+                   help="attention logit on the garment image's tokens (default: the checkpoint's; docs/RESCHEDULING.md)")
     return vars(p.parse_args(list(argv or [])))
 
 
-def load_engine(checkpoint, device: str, random_preset: str | None = None):
+def load_engine(checkpoint, device: str, random_preset: str | None = None, garment_bias: float | None = None):
     from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
 
+    stream = {} if garment_bias is None else {"garment_attention_bias": garment_bias}
     if random_preset:
-        return StreamingEngine.from_preset(random_preset, device=device, random_weights=True)
-    if checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
+        eng = StreamingEngine.from_preset(random_preset, device=device, random_weights=True)
+    elif checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
         log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
-        return StreamingEngine.from_preset("tiny", device=device, random_weights=True)
-    return StreamingEngine.from_checkpoint(None if checkpoint is None else str(checkpoint), device=device)
+        eng = StreamingEngine.from_preset("tiny", device=device, random_weights=True)
+    else:
+        return StreamingEngine.from_checkpoint(None if checkpoint is None else str(checkpoint), device=device,
+                                               stream=stream)
+    if stream:
+        eng.preset = eng.preset.with_stream(**stream)
+    return eng
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | None = None, max_sessions: int = 2,
@@ -192,7 +200,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | No
     logging.basicConfig(level=logging.INFO)
     extra = _parse_extra(argv)
     ice_servers = ice_servers or extra["ice_servers"] or os.environ.get("FC_ICE_SERVERS")
-    engine = load_engine(checkpoint, device, extra["random_weights"])
+    engine = load_engine(checkpoint, device, extra["random_weights"], extra["garment_bias"])
     cfg = AppConfig(host=host, port=port)
     if extra["policy"]:
         cfg = dataclasses.replace(cfg, policy=extra["policy"])

@@ -141,3 +141,15 @@ async def test_bad_uploads_and_ids_do_not_disturb_a_live_session(engine, tmp_pat
             await v.close()
     finally:
         await manager.shutdown()
+
+
+def test_serve_garment_bias_reaches_the_engine():
+    """`fashionchameleon serve --garment-bias X` overrides the checkpoint's stream setting; a bad value is refused."""
+    from app.server import _parse_extra, load_engine
+    from fashionchameleon.stream import DEFAULT_CHECKPOINT
+
+    assert _parse_extra(["--garment-bias", "0.5"])["garment_bias"] == 0.5 and _parse_extra([])["garment_bias"] is None
+    assert load_engine(None, "cpu", "tiny", 0.5).stream_config.garment_attention_bias == 0.5
+    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, 0.0).stream_config.garment_attention_bias == 0.0
+    with pytest.raises(ValueError, match="garment_attention_bias must be finite"):
+        load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, float("nan"))
