@@ -77,6 +77,7 @@ class KVCache:
         self.rope_mode = rope_mode
         self.rerotate = rerotate
         self.garment_bias = float(garment_bias)
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
         cap = layout.capacity_frames * layout.tokens_per_frame
         shape = (batch_size, num_heads, cap, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -181,10 +182,14 @@ class KVCache:
         Only the generated frames' queries ("read" / "commit") are biased: the condition pass stays as trained."""
         if not self.garment_bias or op == "cond":
             return None
-        t = self.layout.tokens_per_frame
-        a, b = self.slot_frames(Slot.GARMENT)
-        bias = torch.zeros(1, num_keys, dtype=dtype, device=device)
-        bias[:, a * t:b * t] = self.garment_bias
+        key = (num_keys, dtype, str(device))
+        bias = self._bias_cache.get(key)
+        if bias is None:  # the garment slot never moves, so one tensor per key length serves every layer and pass
+            t = self.layout.tokens_per_frame
+            a, b = self.slot_frames(Slot.GARMENT)
+            bias = torch.zeros(1, num_keys, dtype=dtype, device=device)
+            bias[:, a * t:b * t] = self.garment_bias
+            self._bias_cache[key] = bias
         return bias
 
     def _overflow(self, new_frames: int) -> int:
