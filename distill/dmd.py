@@ -26,9 +26,30 @@ def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor
     return 0.5 * (weights * per_frame).sum(dim=1).mean()
 
 
+def garment_guided_flow(transformer, ref, gar, gar_null, x_t, t, text_c, text_u, text_scale: float,
+                        garment_scale: float) -> torch.Tensor:
+    """Text CFG plus garment guidance, one batched forward over (text, garment), (no text, garment) and
+    (text, blank garment): `v_u + s_t (v_c - v_u) + (s_g - 1) (v_c - v_blank)`."""
+    b = x_t.shape[0]
+    three = lambda z: torch.cat([z, z, z], dim=0)  # noqa: E731
+    v = incontext_flow(transformer, three(ref), torch.cat([gar, gar, gar_null], dim=0), three(x_t), three(t),
+                       torch.cat([text_c, text_u, text_c], dim=0))
+    v_c, v_u, v_n = v[:b], v[b:2 * b], v[2 * b:]
+    return v_u + text_scale * (v_c - v_u) + (garment_scale - 1.0) * (v_c - v_n)
+
+
 @torch.no_grad()
-def score_x0(fm, real, fake, ref, gar, x_t, t, text_c, text_u, guidance: float):
-    """x0 predictions of the real score (teacher, CFG) and the fake score (critic, no CFG) on `[ref, gar, x_t]`."""
-    v_real = cfg_flow(real, ref, gar, x_t, t, text_c, text_u, guidance)
+def score_x0(fm, real, fake, ref, gar, x_t, t, text_c, text_u, guidance: float, garment_guidance: float = 1.0,
+             gar_null: torch.Tensor | None = None):
+    """x0 predictions of the real score (teacher, CFG) and the fake score (critic, no CFG) on `[ref, gar, x_t]`.
+
+    `garment_guidance` > 1 also extrapolates the real score away from the teacher's answer for a blank garment
+    image `gar_null` (the letterbox canvas), so the student distils a teacher that follows the garment more."""
+    if garment_guidance != 1.0:
+        if gar_null is None:
+            raise ValueError("garment guidance needs the blank-garment latent gar_null")
+        v_real = garment_guided_flow(real, ref, gar, gar_null, x_t, t, text_c, text_u, guidance, garment_guidance)
+    else:
+        v_real = cfg_flow(real, ref, gar, x_t, t, text_c, text_u, guidance)
     v_fake = incontext_flow(fake, ref, gar, x_t, t, text_c)
     return fm.x0_from_flow(x_t, v_real, t), fm.x0_from_flow(x_t, v_fake, t)

@@ -37,6 +37,9 @@ from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, 
 class DMDConfig:
     teacher: str = "runs/teacher_tiny/final"  # real score (frozen) and the critic's initialisation
     guidance: float = 3.0  # CFG scale of the real score
+    # > 1: the real score is also guided away from the teacher's answer for a blank garment image (the letterbox
+    # canvas), distilling a stronger garment condition into the student (1 = the paper's real score)
+    garment_guidance: float = 1.0
     negative_prompt: str = ""
     gen_update_every: int = 5  # 1 generator step per this many critic steps
     critic_lr: float = 4.0e-7
@@ -57,6 +60,8 @@ class DMDConfig:
     def __post_init__(self):
         if self.gen_update_every < 1 or self.chunks < 1:
             raise ValueError("gen_update_every and chunks must be >= 1")
+        if not (math.isfinite(self.garment_guidance) and self.garment_guidance >= 0):
+            raise ValueError(f"dmd.garment_guidance must be finite and >= 0, got {self.garment_guidance}")
         if self.critic_warmup < 0:
             raise ValueError(f"dmd.critic_warmup must be >= 0, got {self.critic_warmup}")
         if self.rollout_chunks and self.rollout_chunks < self.chunks:
@@ -80,6 +85,13 @@ def encode_conditions(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Ten
     ref = vae.encode_image(pixels(batch["reference"], device, dt)).float()
     gar = vae.encode_image(pixels(batch["garment"], device, dt)).float()
     return ref, gar
+
+
+@torch.no_grad()
+def blank_garment(vae, batch: dict, device) -> torch.Tensor:
+    """Latents of empty product images (all white: the letterbox canvas), one per garment of the batch."""
+    dt = next(vae.parameters()).dtype
+    return vae.encode_image(torch.ones_like(pixels(batch["garment"], device, dt))).float()
 
 
 def rollout_length(dmd: DMDConfig, seed: int, step: int) -> int:
@@ -117,8 +129,9 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
                                   grad_last=dmd.chunks)[-dmd.chunks:], dim=2)
             t = sample_t(b, ctx.device)
             x_t = fm.add_noise(x.detach(), torch.randn_like(x), t)
+            gar_null = blank_garment(vae, batch, ctx.device) if dmd.garment_guidance != 1.0 else None
             x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c, text_u,
-                                        dmd.guidance)
+                                        dmd.guidance, dmd.garment_guidance, gar_null)
             grad = dmd_gradient(x, x0_real, x0_fake)
             if math.isinf(dmd.tau) or dmd.reward.kind == "none":
                 rewards = torch.zeros(b, dmd.chunks, device=ctx.device)

@@ -233,6 +233,44 @@ def test_critic_warmup_delays_generator_updates(stages, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_garment_guided_real_score_matches_separate_forwards(stages, tmp_path):
+    """dmd.garment_guidance: the batched three-branch real score equals v_u + s_t (v_c - v_u) + (s_g - 1)(v_c - v_blank)
+    from separate forwards; 1 is the plain CFG real score; a smoke run with it trains and writes a stage."""
+    from distill.dmd import score_x0
+    from distill.train_dmd import DMDConfig
+    from teacher.common import incontext_flow
+
+    root, _ = stages
+    comp = load_stage(root / "t/final")
+    tr, fm = comp.transformer.eval(), comp.fm
+    g = torch.Generator().manual_seed(3)
+    z = comp.transformer.config.in_channels
+    h, w = comp.preset.height // comp.preset.spatial_factor, comp.preset.width // comp.preset.spatial_factor
+    ref, gar, blank = (torch.randn(2, z, 1, h, w, generator=g) for _ in range(3))
+    x_t = torch.randn(2, z, 3, h, w, generator=g)
+    t = torch.tensor([700.0, 300.0])
+    text_c, text_u = comp.text_encoder(["walks forward", "waves"]), comp.text_encoder(["", ""])
+    with torch.no_grad():
+        v_c = incontext_flow(tr, ref, gar, x_t, t, text_c)
+        v_u = incontext_flow(tr, ref, gar, x_t, t, text_u)
+        v_n = incontext_flow(tr, ref, blank, x_t, t, text_c)
+    want = fm.x0_from_flow(x_t, v_u + 2.0 * (v_c - v_u) + 1.5 * (v_c - v_n), t)
+    got, _ = score_x0(fm, tr, tr, ref, gar, x_t, t, text_c, text_u, 2.0, 2.5, blank)
+    assert torch.allclose(got, want, atol=1e-4)
+    plain, _ = score_x0(fm, tr, tr, ref, gar, x_t, t, text_c, text_u, 2.0)
+    assert torch.allclose(plain, fm.x0_from_flow(x_t, v_u + 2.0 * (v_c - v_u), t), atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="gar_null"):
+        score_x0(fm, tr, tr, ref, gar, x_t, t, text_c, text_u, 2.0, 2.5)
+    with pytest.raises(ValueError, match="garment_guidance"):
+        DMDConfig(garment_guidance=float("nan"))
+    cfg = tmp_path / "dmd.yaml"
+    cfg.write_text((ROOT / "distill/configs/dmd_smoke.yaml").read_text().replace("dmd:\n", "dmd:\n  garment_guidance: 2.0\n"))
+    res = train_dmd.main(["--config", str(cfg), "--smoke", "--out", str(tmp_path / "gg"), "--init",
+                          str(root / "tf/final"), "--teacher", str(root / "t/final")])
+    assert np.isfinite(res["critic_loss"]) and (tmp_path / "gg/final/transformer").is_dir()
+
+
 def test_reward_measures_garment_colour_and_sharpness():
     cfg = RewardConfig()
     h = w = 32
