@@ -176,20 +176,18 @@ def _parse_extra(argv) -> dict:
 
 
 def load_engine(checkpoint, device: str, random_preset: str | None = None, garment_bias: float | None = None):
+    from fashionchameleon.configs import get_preset
     from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
 
     stream = {} if garment_bias is None else {"garment_attention_bias": garment_bias}
-    if random_preset:
-        eng = StreamingEngine.from_preset(random_preset, device=device, random_weights=True)
-    elif checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
+    if not random_preset and checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
         log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
-        eng = StreamingEngine.from_preset("tiny", device=device, random_weights=True)
-    else:
-        return StreamingEngine.from_checkpoint(None if checkpoint is None else str(checkpoint), device=device,
-                                               stream=stream)
-    if stream:
-        eng.preset = eng.preset.with_stream(**stream)
-    return eng
+        random_preset = "tiny"
+    if random_preset:
+        return StreamingEngine.from_preset(get_preset(random_preset).with_stream(**stream), device=device,
+                                           random_weights=True)
+    return StreamingEngine.from_checkpoint(None if checkpoint is None else str(checkpoint), device=device,
+                                           stream=stream)
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | None = None, max_sessions: int = 2,

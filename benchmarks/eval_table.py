@@ -162,8 +162,6 @@ def run_key(name: str, model_dir: Path | None) -> str:
         h.update(hashlib.sha1(f.read_bytes()).digest())
     preset = Path(model_dir) / "preset.json"
     if preset.is_file():
-        import json
-
         h.update(json.dumps(json.loads(preset.read_text())["stream"], sort_keys=True).encode())
     return f"{slug}_{h.hexdigest()[:8]}"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.make_stage import parse_stream, with_stream
+from distill.make_stage import parse_stream
 from distill.reward import RewardConfig, colour_fidelity, sharpness
 from fashionchameleon.stream import StreamingEngine
 from teacher.common import DataConfig, build_dataset, load_stage
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     comp = load_stage(args.ckpt)
     if args.stream:
         try:
-            comp.preset = with_stream(comp.preset, parse_stream(args.stream))
+            comp.preset = comp.preset.with_stream(**parse_stream(args.stream))
         except (ValueError, TypeError) as e:
             ap.error(str(e))
     engine = StreamingEngine(comp.preset, comp.transformer, comp.vae, comp.text_encoder)

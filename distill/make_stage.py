@@ -35,10 +35,6 @@ def parse_stream(items: list[str]) -> dict:
     return out
 
 
-def with_stream(preset: Preset, overrides: dict) -> Preset:
-    return preset.with_stream(**overrides)  # validates before anything is written
-
-
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", help="trainer export: a safetensors file or a step_*/<model>_ema folder")
@@ -53,7 +49,8 @@ def main(argv: list[str] | None = None) -> Path:
         ap.error("--out must differ from --like")
     try:
         overrides = parse_stream(a.stream)
-        preset = with_stream(Preset.from_dict(json.loads((like / PRESET_FILE).read_text())), overrides)
+        # validated before anything is written
+        preset = Preset.from_dict(json.loads((like / PRESET_FILE).read_text())).with_stream(**overrides)
     except (ValueError, TypeError) as e:
         ap.error(str(e))
     if a.weights:

@@ -114,6 +114,8 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
     def sample_t(b, device):
         return fm.sample_train_timesteps((b,), device=device).clamp(dmd.min_t, dmd.max_t)
 
+    blank: dict[tuple, torch.Tensor] = {}  # blank-garment latents per batch shape: constant, encoded once
+
     def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
         gen, critic, real = ctx.models["generator"], ctx.models["critic"], ctx.models["teacher"]
         ref, gar = encode_conditions(vae, batch, ctx.device)
@@ -129,7 +131,12 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
                                   grad_last=dmd.chunks)[-dmd.chunks:], dim=2)
             t = sample_t(b, ctx.device)
             x_t = fm.add_noise(x.detach(), torch.randn_like(x), t)
-            gar_null = blank_garment(vae, batch, ctx.device) if dmd.garment_guidance != 1.0 else None
+            gar_null = None
+            if dmd.garment_guidance != 1.0:
+                key = tuple(batch["garment"].shape)
+                if key not in blank:
+                    blank[key] = blank_garment(vae, batch, ctx.device)
+                gar_null = blank[key]
             x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c, text_u,
                                         dmd.guidance, dmd.garment_guidance, gar_null)
             grad = dmd_gradient(x, x0_real, x0_fake)

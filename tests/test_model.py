@@ -90,16 +90,20 @@ def test_frame_offset_equals_explicit_positions(pair):
     assert not torch.allclose(c, d, atol=1e-3)
 
 
+def _chunked_inputs(m, n_chunks: int, seed: int):
+    """[2 condition frames + n_chunks chunks of 2] latents on a 4x6 grid, text, t=0 and tokens per frame."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, 2 + 2 * n_chunks, 4, 6, generator=g)
+    e = torch.randn(1, 5, 16, generator=g)
+    return x, e, torch.zeros(1, x.shape[2]), m.tokens_per_frame(4, 6)
+
+
 def test_cached_chunks_equal_full_block_causal_forward(pair):
     """lucidrains-style: chunk-by-chunk with the KV cache == one block-causal forward."""
     _, m = pair
     stream = StreamConfig(chunk_frames=2, cond_frames=2, cache_frames=2 + 2 + 6 + 2, sink_chunks=1)
     n_chunks = 4
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(1, 16, 2 + 2 * n_chunks, 4, 6, generator=g)
-    e = torch.randn(1, 5, 16, generator=g)
-    t0 = torch.zeros(1, x.shape[2])
-    tpf = m.tokens_per_frame(4, 6)
+    x, e, t0, tpf = _chunked_inputs(m, n_chunks, seed=4)
     with torch.no_grad():
         full = m(x, t0, e, attention_mode="block_causal", chunk_frames=2, cond_frames=2).sample
         cache = m.new_kv_cache(CacheLayout.from_stream(stream, tpf))
@@ -125,11 +129,7 @@ def test_garment_attention_bias_cached_equals_biased_block_causal_forward(pair):
     stream = StreamConfig(chunk_frames=2, cond_frames=2, cache_frames=2 + 2 + 6 + 2, sink_chunks=1,
                           garment_attention_bias=bias)
     n_chunks = 3
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 16, 2 + 2 * n_chunks, 4, 6, generator=g)
-    e = torch.randn(1, 5, 16, generator=g)
-    t0 = torch.zeros(1, x.shape[2])
-    tpf = m.tokens_per_frame(4, 6)
+    x, e, t0, tpf = _chunked_inputs(m, n_chunks, seed=5)
     allowed = block_causal_mask(x.shape[2], tpf, 2, 2)
     logits = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
     logits[2 * tpf:, tpf:2 * tpf] += bias
