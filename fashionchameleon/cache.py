@@ -69,6 +69,7 @@ class KVCache:
         rope_mode: str = "rolling",
         rerotate: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         garment_bias: float = 0.0,
+        garment_key_scale: float = 1.0,
     ):
         if rope_mode == "rolling" and rerotate is None:
             raise ValueError("rope_mode='rolling' needs a rerotate function (the model's rope)")
@@ -77,6 +78,7 @@ class KVCache:
         self.rope_mode = rope_mode
         self.rerotate = rerotate
         self.garment_bias = float(garment_bias)
+        self.garment_key_scale = float(garment_key_scale)
         self._bias_cache: dict[tuple, torch.Tensor] = {}
         cap = layout.capacity_frames * layout.tokens_per_frame
         shape = (batch_size, num_heads, cap, head_dim)
@@ -154,6 +156,11 @@ class KVCache:
                 raise ValueError(f"cond pass needs {self.layout.cond_frames} frames, got {n // t}")
             kb[:, :, :n] = k_new
             vb[:, :, :n] = v_new
+            if self.garment_key_scale != 1.0:
+                # stored keys only: the condition pass itself attends as trained
+                a, b = self.slot_frames(Slot.GARMENT)
+                kb[:, :, a * t:b * t].mul_(self.garment_key_scale)
+                return k_new, v_new
             return kb[:, :, :n], vb[:, :, :n]
         if not self.cond_valid and self.layout.cond_frames:
             raise RuntimeError("prefill the reference and garment (cache op 'cond') before generating")

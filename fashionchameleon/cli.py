@@ -31,6 +31,9 @@ def render_main(argv) -> dict:
     p.add_argument("--garment-bias", type=float, default=None,
                    help="attention logit added to the garment image's tokens (default: the checkpoint's; "
                         "docs/RESCHEDULING.md)")
+    p.add_argument("--garment-key-scale", type=float, default=None,
+                   help="multiplier on the garment image's attention keys (default: the checkpoint's; "
+                        "docs/RESCHEDULING.md)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
     p.add_argument("--sheet", default=None, help="also write a contact sheet PNG (a row per garment segment)")
@@ -46,7 +49,8 @@ def render_main(argv) -> dict:
 
     ref = _load_image(a.reference)
     garments = {g: _load_image(g) for g in a.garment}
-    stream = {} if a.garment_bias is None else {"garment_attention_bias": a.garment_bias}
+    stream = {k: v for k, v in (("garment_attention_bias", a.garment_bias),
+                                ("garment_key_scale", a.garment_key_scale)) if v is not None}
     engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device, stream=stream)
     timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
                         policy=a.policy, checkpoint=engine.checkpoint,
@@ -69,6 +73,7 @@ def render_main(argv) -> dict:
                 session.request_swap(garments[due.garment], due.garment)
     timeline.extra["applied"] = applied
     timeline.extra["garment_attention_bias"] = engine.stream_config.garment_attention_bias
+    timeline.extra["garment_key_scale"] = engine.stream_config.garment_key_scale
     save_timeline(timeline, out.with_suffix(".json"))
     if a.sheet:
         import numpy as np

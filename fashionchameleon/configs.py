@@ -35,6 +35,10 @@ class StreamConfig:
     # Training-free: log(k) weighs each garment token as k copies, pulling the torso towards the garment image
     # when the reference and the history still show the old garment (docs/RESCHEDULING.md).
     garment_attention_bias: float = 0.0
+    # Multiplies the stored garment keys, i.e. the generated queries' logits on them (1 = the paper). Unlike the
+    # additive bias it sharpens what each query already wants: tokens drawn to the garment take more of it, the
+    # rest (background, legs) take less, so the garment's colour does not haze over the frame.
+    garment_key_scale: float = 1.0
 
     def __post_init__(self):
         self.denoising_steps = tuple(int(s) for s in self.denoising_steps)
@@ -53,8 +57,10 @@ class StreamConfig:
             raise ValueError(f"context_noise must be in [0, {self.num_train_timesteps}), got {self.context_noise}")
         if not math.isfinite(self.garment_attention_bias):
             raise ValueError(f"garment_attention_bias must be finite, got {self.garment_attention_bias}")
-        if self.garment_attention_bias and self.cond_frames < 2:
-            raise ValueError("garment_attention_bias needs a garment slot (cond_frames >= 2)")
+        if not (math.isfinite(self.garment_key_scale) and self.garment_key_scale > 0):
+            raise ValueError(f"garment_key_scale must be a finite number > 0, got {self.garment_key_scale}")
+        if (self.garment_attention_bias or self.garment_key_scale != 1.0) and self.cond_frames < 2:
+            raise ValueError("garment_attention_bias / garment_key_scale need a garment slot (cond_frames >= 2)")
 
     @property
     def sink_frames(self) -> int:

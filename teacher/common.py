@@ -49,6 +49,9 @@ class ModelConfig:
     # StreamConfig fields replacing the preset's (or the init stage's), e.g. {timestep_shift: 1.0}; the stage
     # folder this run writes carries them, so the students and the streaming engine inherit them
     stream: dict[str, Any] | None = None
+    # transformer config fields replacing the preset's, e.g. {attention_head_dim: 64, ffn_dim: 1024}; from-scratch
+    # builds only (a stage folder or pretrained directory fixes its own shapes); stored in the stage's preset.json
+    transformer: dict[str, Any] | None = None
 
 
 @dataclass
@@ -169,6 +172,9 @@ def save_stage(path: str | os.PathLike, comp: Components, card: str | None = Non
 
 def build_components(cfg: ModelConfig) -> Components:
     """Networks for a stage: from `init` (a stage folder), `pretrained` (diffusers Wan dir) or the preset."""
+    if cfg.transformer and (cfg.init or cfg.pretrained):
+        raise ValueError("model.transformer overrides apply to from-scratch builds only; the weights in "
+                         f"{cfg.init or cfg.pretrained} fix the transformer's shapes")
     if cfg.init:
         comp = load_stage(cfg.init)
         if cfg.vae:
@@ -187,6 +193,12 @@ def build_components(cfg: ModelConfig) -> Components:
         comp = Components(preset, transformer, vae, text)
     else:
         preset = get_preset(cfg.preset)
+        if cfg.transformer:
+            unknown = set(cfg.transformer) - set(preset.transformer)
+            if unknown:
+                raise ValueError(f"unknown model.transformer keys {sorted(unknown)}; allowed: "
+                                 f"{sorted(preset.transformer)}")
+            preset.transformer = {**preset.transformer, **cfg.transformer}
         torch.manual_seed(cfg.seed)
         transformer = CausalWanTransformer3DModel(**preset.transformer)
         if cfg.vae:

@@ -47,7 +47,8 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     out = tmp_path / "clip.mp4"
     assert main(["render", "--reference", ref, "--garment", g1, "--garment", g2, "--swap-at", "20", "--frames",
                  "40", "--seed", "3", "--checkpoint", str(ckpt), "--out", str(out),
-                 "--sheet", str(tmp_path / "sheet.png"), "--garment-bias", "0.5"]) == 0
+                 "--sheet", str(tmp_path / "sheet.png"), "--garment-bias", "0.5",
+                 "--garment-key-scale", "1.5"]) == 0
     frames = read_video(out)
     assert frames.shape[0] == 40
     sheet = cv2.imread(str(tmp_path / "sheet.png"))
@@ -55,7 +56,8 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     timeline = json.loads(out.with_suffix(".json").read_text())
     assert [s["frame"] for s in timeline["swaps"]] == [0, 20] and timeline["seed"] == 3
     assert timeline["applied"][-1]["garment"] == g2 and timeline["applied"][-1]["frame"] >= 20
-    assert timeline["garment_attention_bias"] == 0.5  # the override reached the stream and is recorded
+    assert timeline["garment_attention_bias"] == 0.5  # the overrides reached the stream and are recorded
+    assert timeline["garment_key_scale"] == 1.5
 
 
 def test_render_rejects_bad_arguments(tmp_path, ckpt):
@@ -74,6 +76,10 @@ def test_render_rejects_a_bad_garment_bias(tmp_path, ckpt, capsys):
     rc = main(["render", "--reference", g, "--garment", g, "--frames", "10", "--out", str(tmp_path / "x.mp4"),
                "--checkpoint", str(ckpt), "--garment-bias", "inf"])
     assert rc == 2 and "garment_attention_bias must be finite" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+    rc = main(["render", "--reference", g, "--garment", g, "--frames", "10", "--out", str(tmp_path / "x.mp4"),
+               "--checkpoint", str(ckpt), "--garment-key-scale", "-1"])
+    assert rc == 2 and "garment_key_scale must be a finite number > 0" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
 
 

@@ -155,6 +155,38 @@ def test_garment_attention_bias_cached_equals_biased_block_causal_forward(pair):
         StreamConfig(garment_attention_bias=float("nan"))
 
 
+def test_garment_key_scale_scales_only_the_stored_garment_keys(pair):
+    """`garment_key_scale` multiplies the garment slot's stored keys once per condition pass (a refresh does not
+    compound it); the condition pass and the reference/history keys are as trained; 1 is the plain cache."""
+    _, m = pair
+    scale = 2.5
+    stream = StreamConfig(chunk_frames=2, cond_frames=2, cache_frames=2 + 2 + 6 + 2, sink_chunks=1,
+                          garment_key_scale=scale)
+    x, e, t0, tpf = _chunked_inputs(m, 2, seed=7)
+    layout = CacheLayout.from_stream(stream, tpf)
+    runs = {}
+    with torch.no_grad():
+        for s in (1.0, scale):
+            cache = m.new_kv_cache(layout, garment_key_scale=s)
+            cross = m.new_cross_cache()
+            cond = m(x[:, :, :2], t0[:, :2], e, kv_cache=cache, cache_op="cond", crossattn_cache=cross).sample
+            # a garment refresh: a second condition pass must overwrite, not rescale the scaled keys
+            m(x[:, :, :2], t0[:, :2], None, kv_cache=cache, cache_op="cond", crossattn_cache=cross)
+            gen = m(x[:, :, 2:4], t0[:, 2:4], None, kv_cache=cache, cache_op="commit", crossattn_cache=cross).sample
+            runs[s] = (cond, gen, cache)
+    (c1, g1, k1), (cs, gs, ks) = runs[1.0], runs[scale]
+    assert torch.equal(c1, cs)  # the condition pass attends as trained
+    assert (g1 - gs).abs().max().item() > 1e-3  # the generated frames see the scaled garment
+    for layer in range(m.config.num_layers):
+        for slot, factor in (("garment", scale), ("reference", 1.0)):
+            (a, _), (b, _) = k1.slot_kv(layer, slot), ks.slot_kv(layer, slot)
+            assert torch.allclose(b, a * factor, atol=1e-6), (layer, slot)
+    # the committed chunk's first-layer keys come from its own input; deeper ones saw the scaled garment
+    assert torch.equal(k1.slot_kv(0, "sink")[0], ks.slot_kv(0, "sink")[0])
+    with pytest.raises(ValueError, match="garment_key_scale"):
+        StreamConfig(garment_key_scale=0.0)
+
+
 @pytest.mark.parametrize("context_t", [0.0, 150.0])
 def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair, context_t):
     """A noisy chunk denoised against the cache == its output under the in-context TF mask, also when the history

@@ -207,3 +207,24 @@ def test_components_place_moves_the_frozen_vae_and_text_encoder():
         tensors = list(m.parameters()) + list(m.buffers())
         assert tensors and all(t.device.type == "meta" for t in tensors)
     assert next(comp.transformer.parameters()).device.type == "cpu"  # the trained model is the trainer's to move
+
+
+def test_model_transformer_override_builds_and_saves_the_wider_model(tmp_path, teacher_run):
+    """`model.transformer` widens a from-scratch model; the shapes reach preset.json, so the stage folder reloads.
+    Unknown keys, and overrides on top of weights that fix the shapes, fail with the reason."""
+    from teacher.common import save_stage
+
+    base = build_components(ModelConfig(preset="test"))
+    dim = base.transformer.config.attention_head_dim
+    comp = build_components(ModelConfig(preset="test", transformer={"attention_head_dim": 2 * dim}))
+    assert comp.transformer.config.attention_head_dim == 2 * dim
+    assert comp.preset.transformer["attention_head_dim"] == 2 * dim
+    n = lambda c: sum(p.numel() for p in c.transformer.parameters())  # noqa: E731
+    assert n(comp) > n(base)
+    save_stage(tmp_path / "s", comp)
+    assert load_stage(tmp_path / "s").transformer.config.attention_head_dim == 2 * dim
+    with pytest.raises(ValueError, match="no_such_key"):
+        build_components(ModelConfig(preset="test", transformer={"no_such_key": 1}))
+    out, _ = teacher_run
+    with pytest.raises(ValueError, match="from-scratch"):
+        build_components(ModelConfig(init=str(out / "final"), transformer={"attention_head_dim": 2 * dim}))
