@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json-dir", default="/tmp/fashionchameleon_eval")
     ap.add_argument("--md", default=str(REPO / "docs" / "EVAL.md"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--base", default=EXPECTED_MODELS[0], help="model the paired differences are taken against")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     models, missing = {}, []
@@ -236,8 +237,8 @@ def main(argv=None) -> int:
         "Models available: " + (", ".join(f"`{k}` (`{v}`)" for k, v in models.items()) or "none") +
         (". Not available: " + ", ".join(missing) if missing else "") + ".",
         table(rows, missing),
-        *([f"### Paired differences against the {EXPECTED_MODELS[0]} (same cases)", paired]
-          if (paired := paired_table(rows, EXPECTED_MODELS[0])) else []),
+        *([f"### Paired differences against the {a.base} (same cases)", paired]
+          if (paired := paired_table(rows, a.base)) else []),
         "### Evaluation model held-out accuracy",
         accuracy_table(ev.accuracy()),
     ])

@@ -2,6 +2,7 @@
 # One call of a lent GPU machine (see docs/BENCHMARKS.md "GPU figures" and docs/TRAINING.md "Run 5").
 #   bash benchmarks/gpu_lease.sh all T_MIN TF_MIN DMD_MIN   # teacher -> teacher forcing -> GR-DMD, tiny preset
 #   bash benchmarks/gpu_lease.sh teacher [MINUTES [INIT]]    # INIT: continue from a carried stage folder
+#   bash benchmarks/gpu_lease.sh teacher_wide [MINUTES]      # from scratch, 4x the parameters (tiny_wide_gpu.yaml)
 #   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN [TEACHER]
 #   bash benchmarks/gpu_lease.sh bench
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
@@ -79,6 +80,12 @@ teacher)  # optional INIT: a stage folder to continue from (carry it), e.g. runs
     python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS" \
         --data-echo "$ECHO" ${INIT:+--init "$INIT" --out runs/gpu_teacher_next}
     rc=$?; pack teacher.tgz "$([[ -n $INIT ]] && echo runs/gpu_teacher_next || echo runs/gpu_teacher)"; (( rc )) && exit 5
+    ;;
+teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
+    MIN=${2:-8}
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml --max-minutes "$MIN" \
+        --workers "$WORKERS" --data-echo "$ECHO"
+    rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide; (( rc )) && exit 5
     ;;
 distill)  # optional TEACHER: the teacher stage folder to distil (default: the configs' runs/gpu_teacher/final)
     TF_MIN=${2:-4}; DMD_MIN=${3:-3}; TEACHER=${4:-}

@@ -116,6 +116,16 @@ def test_tiny_config_parses():
     assert json.loads(json.dumps(vars(cfg["data"])))["frames"] == 21
 
 
+def test_wide_gpu_config_builds_the_wider_transformer():
+    """The next GPU lease's from-scratch teacher: the tiny preset with the transformer widened by config only."""
+    cfg = load_yaml_config(ROOT / "teacher/configs/tiny_wide_gpu.yaml", train_teacher.SECTIONS)
+    comp = build_components(cfg["model"])
+    tiny = build_components(ModelConfig(preset="tiny"))
+    n = lambda c: sum(p.numel() for p in c.transformer.parameters())  # noqa: E731
+    assert comp.transformer.config.attention_head_dim == cfg["model"].transformer["attention_head_dim"]
+    assert n(comp) > 3 * n(tiny) and comp.preset.stream.timestep_shift == 1.0
+
+
 def test_garment_region_weight_follows_vae_grouping():
     from teacher.common import latent_region_weight
 
