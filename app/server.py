@@ -172,14 +172,18 @@ def _parse_extra(argv) -> dict:
     p.add_argument("--random-weights", default=None, metavar="PRESET", help="serve an untrained preset (UI testing)")
     p.add_argument("--garment-bias", type=float, default=None,
                    help="attention logit on the garment image's tokens (default: the checkpoint's; docs/RESCHEDULING.md)")
+    p.add_argument("--garment-key-scale", type=float, default=None,
+                   help="multiplier on the garment image's attention keys (default: the checkpoint's; 1 = off)")
     return vars(p.parse_args(list(argv or [])))
 
 
-def load_engine(checkpoint, device: str, random_preset: str | None = None, garment_bias: float | None = None):
+def load_engine(checkpoint, device: str, random_preset: str | None = None, garment_bias: float | None = None,
+                garment_key_scale: float | None = None):
     from fashionchameleon.configs import get_preset
     from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
 
-    stream = {} if garment_bias is None else {"garment_attention_bias": garment_bias}
+    stream = {k: v for k, v in (("garment_attention_bias", garment_bias), ("garment_key_scale", garment_key_scale))
+              if v is not None}
     if not random_preset and checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
         log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
         random_preset = "tiny"
@@ -198,7 +202,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | No
     logging.basicConfig(level=logging.INFO)
     extra = _parse_extra(argv)
     ice_servers = ice_servers or extra["ice_servers"] or os.environ.get("FC_ICE_SERVERS")
-    engine = load_engine(checkpoint, device, extra["random_weights"], extra["garment_bias"])
+    engine = load_engine(checkpoint, device, extra["random_weights"], extra["garment_bias"],
+                         extra["garment_key_scale"])
     cfg = AppConfig(host=host, port=port)
     if extra["policy"]:
         cfg = dataclasses.replace(cfg, policy=extra["policy"])

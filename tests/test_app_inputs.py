@@ -144,7 +144,8 @@ async def test_bad_uploads_and_ids_do_not_disturb_a_live_session(engine, tmp_pat
 
 
 def test_serve_garment_bias_reaches_the_engine():
-    """`fashionchameleon serve --garment-bias X` overrides the checkpoint's stream setting; a bad value is refused."""
+    """`fashionchameleon serve --garment-bias X` / `--garment-key-scale Y` override the checkpoint's stream
+    settings; a bad value is refused."""
     from app.server import _parse_extra, load_engine
     from fashionchameleon.stream import DEFAULT_CHECKPOINT
 
@@ -153,3 +154,8 @@ def test_serve_garment_bias_reaches_the_engine():
     assert load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, 0.0).stream_config.garment_attention_bias == 0.0
     with pytest.raises(ValueError, match="garment_attention_bias must be finite"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, float("nan"))
+    assert _parse_extra(["--garment-key-scale", "1"])["garment_key_scale"] == 1.0
+    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 1.0).stream_config.garment_key_scale == 1.0
+    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu").stream_config.garment_key_scale == 1.2  # the shipped value
+    with pytest.raises(ValueError, match="garment_key_scale"):
+        load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 0.0)
