@@ -160,7 +160,7 @@ class KVCache:
                 # stored keys only: the condition pass itself attends as trained
                 a, b = self.slot_frames(Slot.GARMENT)
                 kb[:, :, a * t:b * t].mul_(self.garment_key_scale)
-                return k_new, v_new
+                return k_new.to(kb.dtype), v_new.to(vb.dtype)
             return kb[:, :, :n], vb[:, :, :n]
         if not self.cond_valid and self.layout.cond_frames:
             raise RuntimeError("prefill the reference and garment (cache op 'cond') before generating")

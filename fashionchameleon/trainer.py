@@ -664,9 +664,10 @@ def _fmt(v: Any) -> Any:
 def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = None,
                         output_dir: str | None = None, num_threads: int | None = None,
                         max_minutes: float | None = None, batch_size: int | None = None,
-                        num_workers: int | None = None, data_echo: int | None = None) -> "TrainConfig":
+                        num_workers: int | None = None, data_echo: int | None = None,
+                        lr: float | None = None) -> "TrainConfig":
     """The train-section overrides every entry point shares (--smoke / --max-steps / --out / --threads /
-    --max-minutes / --batch-size / --workers / --data-echo); sets the CPU threads.
+    --max-minutes / --batch-size / --workers / --data-echo / --lr); sets the CPU threads.
 
     `smoke` is a stage's smoke section (needs `max_steps` and `batch_size`).
     """
@@ -681,7 +682,7 @@ def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = 
     if num_threads:
         over["num_threads"] = num_threads
     for k, v in (("max_minutes", max_minutes), ("batch_size", batch_size), ("num_workers", num_workers),
-                 ("data_echo", data_echo)):
+                 ("data_echo", data_echo), ("lr", lr)):
         if v is not None:
             over[k] = v
     cfg = dataclass_from_dict(TrainConfig, {**vars(cfg), **over})

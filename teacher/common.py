@@ -511,6 +511,7 @@ def stage_parser(description: str, init_help: str | None = "stage folder to star
     ap.add_argument("--workers", type=int, help="data-loader worker processes (overrides train.num_workers)")
     ap.add_argument("--data-echo", type=int, help="reuse each loaded batch this many times (overrides "
                                                   "train.data_echo; for a data-bound GPU run)")
+    ap.add_argument("--lr", type=float, help="overrides train.lr")
     return ap
 
 
@@ -522,7 +523,8 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
     train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads,
                                     getattr(args, "max_minutes", None), getattr(args, "batch_size", None),
-                                    getattr(args, "workers", None), getattr(args, "data_echo", None))
+                                    getattr(args, "workers", None), getattr(args, "data_echo", None),
+                                    getattr(args, "lr", None))
     return train_cfg, data
 
 

@@ -238,3 +238,17 @@ def test_model_transformer_override_builds_and_saves_the_wider_model(tmp_path, t
     out, _ = teacher_run
     with pytest.raises(ValueError, match="from-scratch"):
         build_components(ModelConfig(init=str(out / "final"), transformer={"attention_head_dim": 2 * dim}))
+
+
+def test_lr_flag_overrides_the_config():
+    """`--lr` (run 7's learning-rate runs) replaces train.lr like the other shared flags; a bad value is refused."""
+    from teacher.common import apply_overrides, stage_parser
+
+    cfg = load_yaml_config(SMOKE, train_teacher.SECTIONS)
+    for argv, want in ((["--config", SMOKE], cfg["train"].lr), (["--config", SMOKE, "--lr", "2.4e-3"], 2.4e-3)):
+        args = stage_parser("t").parse_args(argv)
+        train_cfg, _ = apply_overrides(args, cfg["train"], cfg["data"], cfg["smoke"])
+        assert train_cfg.lr == want
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        apply_overrides(stage_parser("t").parse_args(["--config", SMOKE, "--lr", "-1"]), cfg["train"], cfg["data"],
+                        cfg["smoke"])
