@@ -182,8 +182,7 @@ def load_engine(checkpoint, device: str, random_preset: str | None = None, garme
     from fashionchameleon.configs import get_preset
     from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
 
-    stream = {k: v for k, v in (("garment_attention_bias", garment_bias), ("garment_key_scale", garment_key_scale))
-              if v is not None}
+    stream = {"garment_attention_bias": garment_bias, "garment_key_scale": garment_key_scale}
     if not random_preset and checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
         log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
         random_preset = "tiny"

@@ -49,8 +49,7 @@ def render_main(argv) -> dict:
 
     ref = _load_image(a.reference)
     garments = {g: _load_image(g) for g in a.garment}
-    stream = {k: v for k, v in (("garment_attention_bias", a.garment_bias),
-                                ("garment_key_scale", a.garment_key_scale)) if v is not None}
+    stream = {"garment_attention_bias": a.garment_bias, "garment_key_scale": a.garment_key_scale}
     engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device, stream=stream)
     timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
                         policy=a.policy, checkpoint=engine.checkpoint,

@@ -120,9 +120,10 @@ class Preset:
         return cls(**d)
 
     def with_stream(self, **overrides) -> "Preset":
-        """A copy with `StreamConfig` fields replaced; validated like any preset (bad keys / values raise)."""
+        """A copy with `StreamConfig` fields replaced; validated like any preset (bad keys / values raise).
+        A None value keeps the current setting (an unset command-line flag)."""
         d = self.to_dict()
-        d["stream"] = {**d["stream"], **overrides}
+        d["stream"] = {**d["stream"], **{k: v for k, v in overrides.items() if v is not None}}
         return Preset.from_dict(d)
 
     def flops_per_chunk(self) -> float:

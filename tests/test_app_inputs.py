@@ -159,3 +159,12 @@ def test_serve_garment_bias_reaches_the_engine():
     assert load_engine(str(DEFAULT_CHECKPOINT), "cpu").stream_config.garment_key_scale == 1.2  # the shipped value
     with pytest.raises(ValueError, match="garment_key_scale"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 0.0)
+
+
+def test_with_stream_keeps_settings_given_as_none():
+    """Unset flags reach `Preset.with_stream` as None and keep the preset's value; set ones replace it."""
+    from fashionchameleon.configs import get_preset
+
+    p = get_preset("tiny")
+    q = p.with_stream(garment_attention_bias=None, garment_key_scale=1.5)
+    assert q.stream.garment_attention_bias == p.stream.garment_attention_bias and q.stream.garment_key_scale == 1.5
