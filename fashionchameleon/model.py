@@ -220,6 +220,23 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
         self.attn_backend = name
 
+    def init_adaln_zero(self) -> "CausalWanTransformer3DModel":
+        """DiT's adaLN-Zero start for from-scratch training: every block (and the output) starts as the identity
+        (zero modulation and gates, zero cross-attention and output projections), so early steps are not spent
+        undoing random residual branches. Wan's own init is PyTorch's default; pretrained weights never pass here."""
+        with torch.no_grad():
+            proj = self.condition_embedder.time_proj
+            proj.weight.zero_()
+            proj.bias.zero_()
+            for block in self.blocks:
+                block.scale_shift_table.zero_()
+                block.attn2.to_out[0].weight.zero_()
+                block.attn2.to_out[0].bias.zero_()
+            self.scale_shift_table.zero_()
+            self.proj_out.weight.zero_()
+            self.proj_out.bias.zero_()
+        return self
+
     def tokens_per_frame(self, height: int, width: int) -> int:
         _, ph, pw = self.config.patch_size
         return (height // ph) * (width // pw)

@@ -29,6 +29,7 @@ from fashionchameleon.vae import build_vae, latent_frames, load_vae
 
 PRESET_FILE = "preset.json"
 STAGE_PARTS = ("transformer", "vae", "text_encoder")
+INIT_SCHEMES = ("default", "adaln_zero")
 
 
 # ------------------------------------------------------------------------------------------------ config sections
@@ -52,6 +53,13 @@ class ModelConfig:
     # transformer config fields replacing the preset's, e.g. {attention_head_dim: 64, ffn_dim: 1024}; from-scratch
     # builds only (a stage folder or pretrained directory fixes its own shapes); stored in the stage's preset.json
     transformer: dict[str, Any] | None = None
+    # from-scratch weight init: "default" (PyTorch's, as diffusers builds Wan) or "adaln_zero" (every block starts
+    # as the identity, DiT's scheme; see CausalWanTransformer3DModel.init_adaln_zero)
+    init_scheme: str = "default"
+
+    def __post_init__(self):
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(f"model.init_scheme must be one of {INIT_SCHEMES}, got {self.init_scheme!r}")
 
 
 @dataclass
@@ -175,6 +183,9 @@ def build_components(cfg: ModelConfig) -> Components:
     if cfg.transformer and (cfg.init or cfg.pretrained):
         raise ValueError("model.transformer overrides apply to from-scratch builds only; the weights in "
                          f"{cfg.init or cfg.pretrained} fix the transformer's shapes")
+    if cfg.init_scheme != "default" and (cfg.init or cfg.pretrained):
+        raise ValueError(f"model.init_scheme={cfg.init_scheme!r} applies to from-scratch builds only; "
+                         f"{cfg.init or cfg.pretrained} brings its own weights")
     if cfg.init:
         comp = load_stage(cfg.init)
         if cfg.vae:
@@ -201,6 +212,8 @@ def build_components(cfg: ModelConfig) -> Components:
             preset.transformer = {**preset.transformer, **cfg.transformer}
         torch.manual_seed(cfg.seed)
         transformer = CausalWanTransformer3DModel(**preset.transformer)
+        if cfg.init_scheme == "adaln_zero":
+            transformer.init_adaln_zero()
         if cfg.vae:
             vae = load_vae(_require_dir(cfg.vae, "VAE (model.vae)")).float()
         else:

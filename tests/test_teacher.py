@@ -252,3 +252,40 @@ def test_lr_flag_overrides_the_config():
     with pytest.raises(ValueError, match="lr must be > 0"):
         apply_overrides(stage_parser("t").parse_args(["--config", SMOKE, "--lr", "-1"]), cfg["train"], cfg["data"],
                         cfg["smoke"])
+
+
+def test_adaln_zero_init_starts_every_block_as_the_identity(teacher_run):
+    """`model.init_scheme: adaln_zero` (run 8): the from-scratch transformer outputs zeros, its blocks leave the
+    hidden states unchanged (same output with the blocks removed), and the gradient still reaches the blocks after
+    one step. Weights from a stage folder are never re-initialised."""
+    torch.manual_seed(0)
+    comp = build_components(ModelConfig(preset="test", init_scheme="adaln_zero"))
+    tr = comp.transformer
+    cfg = tr.config
+    x = torch.randn(2, cfg.in_channels, 3, 4, 4)
+    t = torch.rand(2, 3) * 1000
+    text = torch.randn(2, 5, cfg.text_dim)
+    out = tr(x, t, text, return_dict=False)[0]
+    assert out.shape == x.shape and torch.count_nonzero(out) == 0
+    with torch.no_grad():  # a non-zero head shows what the blocks pass through
+        tr.proj_out.weight.normal_()
+        tr.proj_out.bias.normal_()
+    with_blocks = tr(x, t, text, return_dict=False)[0]
+    blocks, tr.blocks = tr.blocks, torch.nn.ModuleList()
+    without = tr(x, t, text, return_dict=False)[0]
+    tr.blocks = blocks
+    torch.testing.assert_close(with_blocks, without, rtol=0, atol=0)
+    # one SGD step opens the gates, after which the attention weights get gradient
+    opt = torch.optim.SGD(tr.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        tr(x, t, text, return_dict=False)[0].square().mean().backward()
+        opt.step()
+    assert tr.blocks[0].attn1.to_q.weight.grad.abs().sum() > 0
+    default = build_components(ModelConfig(preset="test"))
+    assert torch.count_nonzero(default.transformer.proj_out.weight) > 0
+    with pytest.raises(ValueError, match="init_scheme"):
+        ModelConfig(preset="test", init_scheme="xavier")
+    out, _ = teacher_run
+    with pytest.raises(ValueError, match="from-scratch"):
+        build_components(ModelConfig(init=str(out / "final"), init_scheme="adaln_zero"))
