@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .timeline import portable_path
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -248,7 +250,7 @@ def main(argv=None) -> dict:
     res = run_stream(engine, args.frames, args.swap_every, args.policy, args.warmup_chunks, args.seed)
     res.update({
         "preset": preset.name,
-        "checkpoint": engine.checkpoint,
+        "checkpoint": portable_path(engine.checkpoint),
         "random_weights": bool(args.random_weights),
         "resolution": [preset.height, preset.width],
         "device": str(engine.device),

@@ -25,6 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+def portable_path(path: str | None) -> str | None:
+    """A path as written into shared JSON: relative to the working directory when it lies inside it, so a
+    timeline or bench result made in a checkout does not carry that machine's absolute path."""
+    if not path or ":" in path.split("/")[0]:  # None, "", or a pseudo-path such as "random:tiny"
+        return path
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 _KNOWN = ("fps", "frames", "seed", "prompt", "reference", "policy", "checkpoint", "swaps")
 # "2 -> red", "2s: red", "at 2.5 s -> red", "frame 40 -> red"
 _LINE = re.compile(
@@ -83,8 +97,8 @@ class Timeline:
     def to_dict(self) -> dict:
         d = {
             "fps": self.fps, "frames": int(self.frames), "seed": int(self.seed), "prompt": self.prompt,
-            "reference": self.reference, "policy": self.policy, "checkpoint": self.checkpoint,
-            "swaps": [s.to_dict(self.fps) for s in self.swaps],
+            "reference": self.reference, "policy": self.policy,
+            "checkpoint": portable_path(self.checkpoint), "swaps": [s.to_dict(self.fps) for s in self.swaps],
         }
         d.update({k: v for k, v in self.extra.items() if k not in d})
         return d

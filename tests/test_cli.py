@@ -58,6 +58,21 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     assert timeline["applied"][-1]["garment"] == g2 and timeline["applied"][-1]["frame"] >= 20
     assert timeline["garment_attention_bias"] == 0.5  # the overrides reached the stream and are recorded
     assert timeline["garment_key_scale"] == 1.5
+    assert timeline["checkpoint"] == str(ckpt)  # outside the working directory: kept as given
+
+
+def test_timeline_checkpoint_is_relative_inside_the_working_directory(tmp_path, monkeypatch):
+    """A checkpoint under the working directory is written relative to it (no machine-specific absolute path in
+    shared timelines and bench results); pseudo-paths such as "random:tiny" pass through."""
+    from fashionchameleon.timeline import Timeline, portable_path
+
+    (tmp_path / "ckpts" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    t = Timeline(fps=24, frames=8, seed=0, checkpoint=str(tmp_path / "ckpts" / "m"))
+    assert t.to_dict()["checkpoint"] == "ckpts/m"
+    assert Timeline.from_dict(t.to_dict()).checkpoint == "ckpts/m"
+    assert portable_path("random:tiny") == "random:tiny" and portable_path(None) is None
+    assert portable_path("/elsewhere/ckpt") == "/elsewhere/ckpt"
 
 
 def test_render_rejects_bad_arguments(tmp_path, ckpt):
