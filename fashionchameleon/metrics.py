@@ -178,6 +178,16 @@ def colour_similarity(img_a, mask_a, img_b, mask_b, cfg: MetricConfig = DEFAULT_
     return float(np.clip(np.sqrt(p * q).sum(), 0.0, 1.0))
 
 
+def region_kept(frame, mask, reference, ref_mask, cfg: MetricConfig = DEFAULT_METRICS) -> float:
+    """`colour_similarity` of a region the reference shows: 0 when the frame lost it (a dissolved body scores
+    low instead of dropping out of the mean), NaN only when the reference has no such region."""
+    if ref_mask.sum() < cfg.min_region_px:
+        return float("nan")
+    if mask.sum() < cfg.min_region_px:
+        return 0.0
+    return colour_similarity(frame, mask, reference, ref_mask, cfg)
+
+
 def texture_descriptor(img: np.ndarray, mask: np.ndarray, cfg: MetricConfig = DEFAULT_METRICS) -> np.ndarray | None:
     """Mean gradient magnitude per orientation bin (orientation mod pi) over the eroded region.
 
@@ -253,8 +263,8 @@ def garment_fidelity(frame: np.ndarray, mask: np.ndarray, garment: GarmentRefere
 def non_target_preservation(frame, mask, reference, ref_mask, cfg: MetricConfig = DEFAULT_METRICS) -> dict:
     """Colour similarity (as in `colour_similarity`) of lower garment, skin, hair and background vs the reference.
 
-    Returns {class: score} plus "mean" over the classes present in both images."""
-    out = {name: colour_similarity(frame, mask == LABELS.index(name), reference, ref_mask == LABELS.index(name), cfg)
+    Returns {class: score} plus "mean" over the classes the reference shows (one the frame lost scores 0)."""
+    out = {name: region_kept(frame, mask == LABELS.index(name), reference, ref_mask == LABELS.index(name), cfg)
            for name in NON_TARGET}
     vals = [v for v in out.values() if not math.isnan(v)]
     out["mean"] = float(np.mean(vals)) if vals else float("nan")
@@ -273,12 +283,13 @@ def body_extent(mask: np.ndarray, cfg: MetricConfig = DEFAULT_METRICS) -> float:
 def identity_preservation(frame, mask, reference, ref_mask, cfg: MetricConfig = DEFAULT_METRICS) -> dict:
     """Identity / body: skin and hair colour similarity, and body-height ratio min(h, h_ref) / max(h, h_ref).
 
-    "mean" averages the available terms (all in [0, 1])."""
+    "mean" averages the terms the reference allows (all in [0, 1]); skin, hair or a body the frame lost score 0."""
     ha, hb = body_extent(mask, cfg), body_extent(ref_mask, cfg)
+    height = float("nan") if math.isnan(hb) else 0.0 if math.isnan(ha) else float(min(ha, hb) / max(ha, hb))
     out = {
-        "skin": colour_similarity(frame, mask == SKIN, reference, ref_mask == SKIN, cfg),
-        "hair": colour_similarity(frame, mask == HAIR, reference, ref_mask == HAIR, cfg),
-        "height": float(min(ha, hb) / max(ha, hb)) if not (math.isnan(ha) or math.isnan(hb)) else float("nan"),
+        "skin": region_kept(frame, mask == SKIN, reference, ref_mask == SKIN, cfg),
+        "hair": region_kept(frame, mask == HAIR, reference, ref_mask == HAIR, cfg),
+        "height": height,
     }
     vals = [v for v in out.values() if not math.isnan(v)]
     out["mean"] = float(np.mean(vals)) if vals else float("nan")

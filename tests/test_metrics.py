@@ -95,6 +95,22 @@ def test_non_target_and_identity_high_on_same_person_low_on_other():
     assert other_nt["mean"] < same_nt["mean"]
 
 
+def test_a_lost_body_scores_zero_identity_not_nan():
+    """Skin, hair and body the reference shows but the frame lost count as 0 (session 8; before, they dropped out
+    of the mean, so a dissolved person could score as well as a kept one). Regions the reference lacks stay NaN."""
+    p, g, g2, lo, bg, mo = _entities(4)
+    ref, rgt = WORLD.render_frames(p, g2, lo, bg, mo, 1, SIZE)
+    rmask = rgt["masks"][0]
+    empty = np.zeros_like(rmask)  # the segmenter sees background only
+    blank = np.full_like(ref[0], 128)
+    ident = M.identity_preservation(blank, empty, ref[0], rmask)
+    assert ident["skin"] == 0.0 and ident["height"] == 0.0 and ident["mean"] == 0.0
+    nt = M.non_target_preservation(blank, empty, ref[0], rmask)
+    assert nt["skin"] == 0.0 and nt["lower"] == 0.0 and not math.isnan(nt["mean"])
+    no_hair_ref = np.where(rmask == M.HAIR, M.BACKGROUND, rmask)
+    assert math.isnan(M.identity_preservation(ref[0], rmask, ref[0], no_hair_ref)["hair"])
+
+
 def test_long_drift_and_swap_success():
     f = np.full(1100, np.nan)
     f[30:60] = 0.8
