@@ -78,14 +78,18 @@ class DataConfig:
     # The reference differs from the clip only there, so without it "copy the reference" is a near-optimal
     # shortcut that a small model trained briefly never leaves (see docs/TRAINING.md).
     garment_loss_weight: float = 0.0
+    # Extra loss weight on the whole person (every gt label but background), on top of the garment's. The figure
+    # covers a small share of the frame, and every teacher so far keeps the scene while the body fades (run 8).
+    body_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.source not in ("world", "folder"):
             raise ValueError(f"data.source must be 'world' or 'folder', got {self.source!r}")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise ValueError(f"text_dropout must be in [0, 1], got {self.text_dropout}")
-        if self.garment_loss_weight < 0:
-            raise ValueError(f"garment_loss_weight must be >= 0, got {self.garment_loss_weight}")
+        for name in ("garment_loss_weight", "body_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 # ------------------------------------------------------------------------------------------------ components
@@ -239,15 +243,16 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
         from fashionchameleon.data import WorldDataset
 
         return WorldDataset(split=split, size=size, frames=data.frames, length=length, seed=seed,
-                            garment_masks=data.garment_loss_weight > 0)
+                            garment_masks=data.garment_loss_weight > 0, body_masks=data.body_loss_weight > 0)
     from fashionchameleon.data import FolderDataset
 
     root = _require_dir(data.root or "", "data.root (real-data folder with meta_data.csv)")
     return FolderDataset(root, size=size, frames=data.frames, skip_bad=data.skip_bad,
-                         garment_masks=data.garment_loss_weight > 0)
+                         garment_masks=data.garment_loss_weight > 0, body_masks=data.body_loss_weight > 0)
 
 
-KEEP_KEYS = ("reference", "garment", "video", "prompt", "garment_mask")
+MASK_KEYS = ("garment_mask", "body_mask")
+KEEP_KEYS = ("reference", "garment", "video", "prompt") + MASK_KEYS
 
 
 PIXEL_KEYS = ("reference", "garment", "video")
@@ -263,8 +268,9 @@ def pack_pixels(item: dict) -> dict:
     for k in PIXEL_KEYS:
         if k in out and out[k].is_floating_point():
             out[k] = out[k].add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-    if "garment_mask" in out and out["garment_mask"].is_floating_point():
-        out["garment_mask"] = out["garment_mask"].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    for k in MASK_KEYS:
+        if k in out and out[k].is_floating_point():
+            out[k] = out[k].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -308,7 +314,7 @@ def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_facto
     f, h, w = latent_shape[-3:]
     m = mask_values(mask)
     if m.shape[1] != 1 + (f - 1) * temporal_factor:
-        raise ValueError(f"garment mask has {m.shape[1]} frames, the clip's latents need "
+        raise ValueError(f"region mask has {m.shape[1]} frames, the clip's latents need "
                          f"{1 + (f - 1) * temporal_factor}")
     area = torch.nn.functional.adaptive_avg_pool2d(m, (h, w))  # [B, T, h, w]
     first, rest = area[:, :1], area[:, 1:]
@@ -316,6 +322,17 @@ def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_facto
         rest = rest.reshape(m.shape[0], f - 1, temporal_factor, h, w).amax(dim=2)
         area = torch.cat([first, rest], dim=1)
     return (1.0 + extra * area).unsqueeze(1)
+
+
+def region_loss_weight(batch: dict, latent_shape, temporal_factor: int, data: DataConfig) -> torch.Tensor | None:
+    """`1 + garment_loss_weight * garment coverage + body_loss_weight * body coverage` per latent cell, or None
+    when neither weight is on (see `latent_region_weight`)."""
+    terms = [latent_region_weight(batch.get(key), latent_shape, temporal_factor, w)
+             for key, w in (("garment_mask", data.garment_loss_weight), ("body_mask", data.body_loss_weight))]
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    return sum(terms) - (len(terms) - 1)  # each term is 1 + extra * coverage
 
 
 # ------------------------------------------------------------------------------------------------ conditioning

@@ -26,7 +26,7 @@ import torch
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             drop_prompts, finish_stage, stage_parser,
-                            encode_batch, export_stage, incontext_flow, latent_region_weight, per_frame_bell_mse,
+                            encode_batch, export_stage, incontext_flow, region_loss_weight, per_frame_bell_mse,
                             plot_curves, wrap)
 
 
@@ -71,8 +71,7 @@ def make_step_fn(comp, data: DataConfig):
         x_t = fm.add_noise(vid, noise, t)
         text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), frozen_text)
         v = incontext_flow(model.transformer, ref, gar, x_t, t, text)
-        region = latent_region_weight(batch.get("garment_mask"), vid.shape, comp.preset.temporal_factor,
-                                      data.garment_loss_weight)
+        region = region_loss_weight(batch, vid.shape, comp.preset.temporal_factor, data)
         loss = per_frame_bell_mse(fm, v, fm.training_target(vid, noise), t, data.loss_weighting, region)
         return {"loss": loss}
 

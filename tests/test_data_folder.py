@@ -207,6 +207,23 @@ def test_garment_masks_world_and_folder(base, folder):
         wr.writeheader(), wr.writerows(rows)
     with pytest.raises(DataError, match="row 1"):
         FolderDataset(folder, size=SIZE, frames=FRAMES, garment_masks=True)[1]
+    with pytest.raises(DataError, match="row 1"):
+        FolderDataset(folder, size=SIZE, frames=FRAMES, body_masks=True)[1]
+
+
+def test_body_masks_world_and_folder(base):
+    """The body-region loss weight's masks: every gt label but background, the same from both sources, and a
+    superset of the garment's."""
+    from fashionchameleon.data.world import BACKGROUND
+
+    world = WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True, body_masks=True)
+    fol = FolderDataset(base, size=SIZE, frames=FRAMES, body_masks=True)
+    w, f = world[3], fol[3]
+    assert "body_mask" not in WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True)[3]
+    assert torch.equal(w["body_mask"], torch.from_numpy(fol.load_gt(3)["masks"] != BACKGROUND).float())
+    assert torch.equal(f["body_mask"], w["body_mask"]) and "garment_mask" not in f
+    assert torch.all(w["body_mask"] >= w["garment_mask"])
+    assert w["garment_mask"].mean() < w["body_mask"].mean() < 0.6
 
 
 def test_uint8_batches_are_exact(base):
@@ -226,10 +243,10 @@ def test_uint8_batches_are_exact(base):
             return self.ds[i]
 
     def world():
-        return WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True)
+        return WorldDataset("train", SIZE, FRAMES, length=CLIPS, seed=SEED, garment_masks=True, body_masks=True)
 
     def fol():
-        return FolderDataset(base, size=(48, 40), frames=FRAMES, garment_masks=True)
+        return FolderDataset(base, size=(48, 40), frames=FRAMES, garment_masks=True, body_masks=True)
 
     for make in (world, fol):
         raw = make()[2]
@@ -238,8 +255,9 @@ def test_uint8_batches_are_exact(base):
             for k in ("reference", "garment", "video"):
                 assert packed[k].dtype == torch.uint8 and packed[k].shape == raw[k].shape
                 assert torch.equal(pixels(packed[k], "cpu"), raw[k])
-            assert packed["garment_mask"].dtype == torch.uint8
-            assert torch.equal(mask_values(packed["garment_mask"]), raw["garment_mask"])
+            for k in ("garment_mask", "body_mask"):
+                assert packed[k].dtype == torch.uint8
+                assert torch.equal(mask_values(packed[k]), raw[k])
             lat = (1, 16, 1 + (FRAMES - 1) // 4, 6, 5)
             assert torch.equal(latent_region_weight(packed["garment_mask"][None], lat, 4, 5.0),
                                latent_region_weight(raw["garment_mask"][None], lat, 4, 5.0))

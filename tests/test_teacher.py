@@ -144,6 +144,29 @@ def test_garment_region_weight_follows_vae_grouping():
         latent_region_weight(mask[:, :5], (1, 16, 3, 2, 3), factor, extra=10.0)
 
 
+def test_garment_and_body_weights_add():
+    """`region_loss_weight`: 1 + g * garment coverage + b * body coverage; None when both weights are 0."""
+    from teacher.common import region_loss_weight
+
+    T, H, W, factor, sp = 5, 16, 16, 4, 8  # 2 latent frames of 2 x 2 cells
+    body = torch.zeros(1, T, H, W)
+    body[:, :, :, :sp] = 1.0  # the left column of cells is person
+    garment = torch.zeros(1, T, H, W)
+    garment[:, :, :sp, :sp] = 1.0  # its top cell is garment
+    batch = {"garment_mask": garment, "body_mask": body}
+    shape = (1, 16, 2, H // sp, W // sp)
+    w = region_loss_weight(batch, shape, factor, DataConfig(garment_loss_weight=10.0, body_loss_weight=3.0))
+    expect = torch.ones(1, 1, 2, 2, 2)
+    expect[..., 0, 0] = 14.0
+    expect[..., 1, 0] = 4.0
+    assert torch.equal(w, expect)
+    only_body = region_loss_weight({"body_mask": body}, shape, factor, DataConfig(body_loss_weight=3.0))
+    assert torch.equal(only_body, torch.where(expect > 1, 4.0, 1.0))
+    assert region_loss_weight(batch, shape, factor, DataConfig()) is None
+    with pytest.raises(ValueError, match="body_loss_weight"):
+        DataConfig(body_loss_weight=-1.0)
+
+
 def test_region_weighted_loss_is_a_weighted_mean():
     fm = build_components(ModelConfig(preset="test")).fm
     g = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from fashionchameleon.imageops import fit_crop, letterbox_white
 
-from .world import UPPER, MannequinWorld, check_frames, check_size
+from .world import BACKGROUND, UPPER, MannequinWorld, check_frames, check_size
 
 META_FILE = "meta_data.csv"
 REQUIRED_COLUMNS = ("src_image", "cloth_image", "video", "prompt")
@@ -155,9 +155,10 @@ class FolderDataset(Dataset):
     skipped (see `bad_rows`); otherwise a bad row raises DataError when it is read."""
 
     def __init__(self, root: str, size=(160, 128), frames: int = 9, skip_bad: bool = False,
-                 garment_masks: bool = False):
+                 garment_masks: bool = False, body_masks: bool = False):
         self.root = os.fspath(root)
-        self.garment_masks = bool(garment_masks)  # needs the gt sidecar column on every row
+        # per-frame region masks for the loss weights; both need the gt sidecar column on every row
+        self.garment_masks, self.body_masks = bool(garment_masks), bool(body_masks)
         self.size = check_size(size)
         self.frames = check_frames(frames)
         self.skip_bad = skip_bad
@@ -200,18 +201,24 @@ class FolderDataset(Dataset):
             "prompt": r.prompt,
             "row": row,
         }
-        if self.garment_masks:
-            item["garment_mask"] = self._garment_mask(row)
+        if self.garment_masks or self.body_masks:
+            masks = self._gt_masks(row)
+            if self.garment_masks:
+                item["garment_mask"] = self._region(masks == UPPER)
+            if self.body_masks:
+                item["body_mask"] = self._region(masks != BACKGROUND)
         return item
 
-    def _garment_mask(self, row: int) -> torch.Tensor:
-        """Upper-garment masks `[T, H, W]` in 0..1 from the row's gt sidecar, cropped like the video."""
+    def _gt_masks(self, row: int) -> np.ndarray:
         masks = self.load_gt(row).get("masks")
         if masks is None or masks.ndim != 3 or len(masks) < self.frames:
             raise DataError(f"{_where(row)}: gt sidecar has no per-frame 'masks' for {self.frames} frames")
+        return masks[:self.frames]
+
+    def _region(self, region: np.ndarray) -> torch.Tensor:
+        """A boolean region `[T, H, W]` of the gt label masks -> 0..1, cropped like the video."""
         H, W = self.size
-        up = (masks[:self.frames] == UPPER).astype(np.uint8) * 255
-        m = np.stack([fit_crop(m, H, W)[..., 0] for m in up])
+        m = np.stack([fit_crop(m, H, W)[..., 0] for m in region.astype(np.uint8) * 255])
         return torch.from_numpy(m if self.uint8 else m.astype(np.float32) / 255.0)
 
     def __getitem__(self, i: int) -> dict:
@@ -263,12 +270,12 @@ class WorldDataset(Dataset):
     """Mannequin-world triplets rendered on the fly, in the FolderDataset item format."""
 
     def __init__(self, split: str = "train", size=(160, 128), frames: int = 9, length: int = 10_000, seed: int = 0,
-                 world: MannequinWorld | None = None, garment_masks: bool = False):
+                 world: MannequinWorld | None = None, garment_masks: bool = False, body_masks: bool = False):
         if not 0 <= length < SEED_STRIDE:
             raise ValueError(f"length must be in [0, 2**32), got {length}")
         self.split, self.size, self.frames = split, check_size(size), check_frames(frames)
         self.length, self.seed = int(length), int(seed)
-        self.garment_masks = bool(garment_masks)
+        self.garment_masks, self.body_masks = bool(garment_masks), bool(body_masks)
         self.uint8 = False  # as FolderDataset.uint8
         self.world = world or MannequinWorld()
         self.world.triplet_seeds(0, split)  # validates the split name early
@@ -290,7 +297,9 @@ class WorldDataset(Dataset):
             "prompt": tr.prompt,
             "row": int(i),
         }
-        if self.garment_masks:
-            upper = torch.from_numpy(tr.gt["masks"] == UPPER)  # [T, H, W]
-            item["garment_mask"] = upper.to(torch.uint8).mul_(255) if self.uint8 else upper.float()
+        for key, on, region in (("garment_mask", self.garment_masks, lambda m: m == UPPER),
+                                ("body_mask", self.body_masks, lambda m: m != BACKGROUND)):
+            if on:
+                r = torch.from_numpy(region(tr.gt["masks"]))  # [T, H, W]
+                item[key] = r.to(torch.uint8).mul_(255) if self.uint8 else r.float()
         return item
