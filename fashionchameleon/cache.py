@@ -70,6 +70,7 @@ class KVCache:
         rerotate: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         garment_bias: float = 0.0,
         garment_key_scale: float = 1.0,
+        garment_key_scale_from_layer: int = 0,
     ):
         if rope_mode == "rolling" and rerotate is None:
             raise ValueError("rope_mode='rolling' needs a rerotate function (the model's rope)")
@@ -79,6 +80,7 @@ class KVCache:
         self.rerotate = rerotate
         self.garment_bias = float(garment_bias)
         self.garment_key_scale = float(garment_key_scale)
+        self.garment_key_scale_from_layer = int(garment_key_scale_from_layer)
         self._bias_cache: dict[tuple, torch.Tensor] = {}
         cap = layout.capacity_frames * layout.tokens_per_frame
         shape = (batch_size, num_heads, cap, head_dim)
@@ -156,7 +158,7 @@ class KVCache:
                 raise ValueError(f"cond pass needs {self.layout.cond_frames} frames, got {n // t}")
             kb[:, :, :n] = k_new
             vb[:, :, :n] = v_new
-            if self.garment_key_scale != 1.0:
+            if self.garment_key_scale != 1.0 and layer >= self.garment_key_scale_from_layer:
                 # stored keys only: the condition pass itself attends as trained
                 a, b = self.slot_frames(Slot.GARMENT)
                 kb[:, :, a * t:b * t].mul_(self.garment_key_scale)

@@ -39,6 +39,9 @@ class StreamConfig:
     # additive bias it sharpens what each query already wants: tokens drawn to the garment take more of it, the
     # rest (background, legs) take less, so the garment's colour does not haze over the frame.
     garment_key_scale: float = 1.0
+    # The scale applies from this transformer layer on (0 = every layer). Early layers lay out the body, later ones
+    # draw its appearance; scaling only the later ones is meant to keep the pose across a swap (docs/RESCHEDULING.md).
+    garment_key_scale_from_layer: int = 0
 
     def __post_init__(self):
         self.denoising_steps = tuple(int(s) for s in self.denoising_steps)
@@ -59,6 +62,8 @@ class StreamConfig:
             raise ValueError(f"garment_attention_bias must be finite, got {self.garment_attention_bias}")
         if not (math.isfinite(self.garment_key_scale) and self.garment_key_scale > 0):
             raise ValueError(f"garment_key_scale must be a finite number > 0, got {self.garment_key_scale}")
+        if self.garment_key_scale_from_layer < 0:
+            raise ValueError(f"garment_key_scale_from_layer must be >= 0, got {self.garment_key_scale_from_layer}")
         if (self.garment_attention_bias or self.garment_key_scale != 1.0) and self.cond_frames < 2:
             raise ValueError("garment_attention_bias / garment_key_scale need a garment slot (cond_frames >= 2)")
 

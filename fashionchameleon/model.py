@@ -242,13 +242,15 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
         return (height // ph) * (width // pw)
 
     def new_kv_cache(self, layout, batch_size: int = 1, dtype=None, device=None, rope_mode: str = "rolling",
-                     garment_bias: float = 0.0, garment_key_scale: float = 1.0):
+                     garment_bias: float = 0.0, garment_key_scale: float = 1.0,
+                     garment_key_scale_from_layer: int = 0):
         p = next(self.parameters())
         return KVCache(
             num_layers=self.config.num_layers, num_heads=self.config.num_attention_heads,
             head_dim=self.config.attention_head_dim, layout=layout, batch_size=batch_size,
             dtype=dtype or p.dtype, device=device or p.device, rope_mode=rope_mode,
             rerotate=self.rope.rotate_frames, garment_bias=garment_bias, garment_key_scale=garment_key_scale,
+            garment_key_scale_from_layer=garment_key_scale_from_layer,
         )
 
     def new_cross_cache(self) -> CrossAttnCache:

@@ -226,7 +226,8 @@ class StreamingSession:
         layout = CacheLayout.from_stream(cfg, e.transformer.tokens_per_frame(h, w))
         self.cache = e.transformer.new_kv_cache(layout, dtype=e.dtype, device=e.device, rope_mode=cfg.rope_mode,
                                                 garment_bias=cfg.garment_attention_bias,
-                                                garment_key_scale=cfg.garment_key_scale)
+                                                garment_key_scale=cfg.garment_key_scale,
+                                                garment_key_scale_from_layer=cfg.garment_key_scale_from_layer)
         self.cross_cache = e.transformer.new_cross_cache()
         self.timesteps = e.fm.few_step_timesteps(cfg.denoising_steps, cfg.warp_denoising_steps)
         self.decoder = e.vae.stream_decoder()

@@ -187,6 +187,31 @@ def test_garment_key_scale_scales_only_the_stored_garment_keys(pair):
         StreamConfig(garment_key_scale=0.0)
 
 
+def test_garment_key_scale_from_layer_leaves_earlier_layers_as_trained(pair):
+    """`garment_key_scale_from_layer` L: the garment keys of layers < L are stored unscaled, those of layers >= L
+    scaled; L = 0 is the plain key scale; a negative L is refused."""
+    _, m = pair
+    scale, first = 2.5, 1
+    stream = StreamConfig(chunk_frames=2, cond_frames=2, cache_frames=2 + 2 + 6 + 2, sink_chunks=1)
+    x, e, t0, tpf = _chunked_inputs(m, 2, seed=7)
+    layout = CacheLayout.from_stream(stream, tpf)
+    caches = {}
+    with torch.no_grad():
+        for name, kw in (("plain", {}), ("all", {"garment_key_scale": scale}),
+                         ("late", {"garment_key_scale": scale, "garment_key_scale_from_layer": first})):
+            cache = m.new_kv_cache(layout, **kw)
+            m(x[:, :, :2], t0[:, :2], e, kv_cache=cache, cache_op="cond", crossattn_cache=m.new_cross_cache())
+            caches[name] = cache
+    assert m.config.num_layers > first
+    for layer in range(m.config.num_layers):
+        plain = caches["plain"].slot_kv(layer, "garment")[0]
+        late = caches["late"].slot_kv(layer, "garment")[0]
+        assert torch.allclose(late, plain * (scale if layer >= first else 1.0), atol=1e-6), layer
+        assert torch.allclose(caches["all"].slot_kv(layer, "garment")[0], plain * scale, atol=1e-6), layer
+    with pytest.raises(ValueError, match="garment_key_scale_from_layer"):
+        StreamConfig(garment_key_scale_from_layer=-1)
+
+
 @pytest.mark.parametrize("context_t", [0.0, 150.0])
 def test_noisy_chunk_with_cache_equals_teacher_forcing_mask(pair, context_t):
     """A noisy chunk denoised against the cache == its output under the in-context TF mask, also when the history
