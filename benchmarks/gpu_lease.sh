@@ -2,7 +2,8 @@
 # One call of a lent GPU machine (see docs/BENCHMARKS.md "GPU figures" and docs/TRAINING.md "Run 5").
 #   bash benchmarks/gpu_lease.sh all T_MIN TF_MIN DMD_MIN   # teacher -> teacher forcing -> GR-DMD, tiny preset
 #   bash benchmarks/gpu_lease.sh teacher [MINUTES [INIT]]    # INIT: continue from a carried stage folder
-#   bash benchmarks/gpu_lease.sh teacher_wide [MINUTES]      # from scratch, 4x the parameters (tiny_wide_gpu.yaml)
+#   bash benchmarks/gpu_lease.sh teacher_wide [MINUTES]      # from scratch, 4x the parameters (tiny_wide_gpu.yaml),
+#                                                            # then its held-out scores and sheet (SCORE=0 skips)
 #   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN [TEACHER]
 #   bash benchmarks/gpu_lease.sh bench
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
@@ -86,6 +87,12 @@ teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml --max-minutes "$MIN" \
         --workers "$WORKERS" --data-echo "$ECHO"
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide; (( rc )) && exit 5
+    # held-out scores and sheet on the machine's CPU threads (SCORE=0 skips), so the next session reads them at once
+    if [[ ${SCORE:-1} == 1 ]]; then
+        python3 -m teacher.sample --ckpt runs/gpu_teacher_wide/final --split test --num 24 --steps 30 --guidance 3 \
+            --scheduler renoise --eta 0.6 --score --no-mp4 --threads 12 --out "$OUT/teacher_wide_n24" \
+            --json "$OUT/teacher_wide_n24.json" || echo "sampling failed"
+    fi
     ;;
 distill)  # optional TEACHER: the teacher stage folder to distil (default: the configs' runs/gpu_teacher/final)
     TF_MIN=${2:-4}; DMD_MIN=${3:-3}; TEACHER=${4:-}
