@@ -174,15 +174,18 @@ def _parse_extra(argv) -> dict:
                    help="attention logit on the garment image's tokens (default: the checkpoint's; docs/RESCHEDULING.md)")
     p.add_argument("--garment-key-scale", type=float, default=None,
                    help="multiplier on the garment image's attention keys (default: the checkpoint's; 1 = off)")
+    p.add_argument("--garment-key-scale-from-layer", type=int, default=None,
+                   help="apply the key scale from this transformer layer on (default: the checkpoint's; 0 = all)")
     return vars(p.parse_args(list(argv or [])))
 
 
 def load_engine(checkpoint, device: str, random_preset: str | None = None, garment_bias: float | None = None,
-                garment_key_scale: float | None = None):
+                garment_key_scale: float | None = None, garment_key_scale_from_layer: int | None = None):
     from fashionchameleon.configs import get_preset
     from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
 
-    stream = {"garment_attention_bias": garment_bias, "garment_key_scale": garment_key_scale}
+    stream = {"garment_attention_bias": garment_bias, "garment_key_scale": garment_key_scale,
+              "garment_key_scale_from_layer": garment_key_scale_from_layer}
     if not random_preset and checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
         log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
         random_preset = "tiny"
@@ -202,7 +205,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | No
     extra = _parse_extra(argv)
     ice_servers = ice_servers or extra["ice_servers"] or os.environ.get("FC_ICE_SERVERS")
     engine = load_engine(checkpoint, device, extra["random_weights"], extra["garment_bias"],
-                         extra["garment_key_scale"])
+                         extra["garment_key_scale"], extra["garment_key_scale_from_layer"])
     cfg = AppConfig(host=host, port=port)
     if extra["policy"]:
         cfg = dataclasses.replace(cfg, policy=extra["policy"])

@@ -81,6 +81,9 @@ class KVCache:
         self.garment_bias = float(garment_bias)
         self.garment_key_scale = float(garment_key_scale)
         self.garment_key_scale_from_layer = int(garment_key_scale_from_layer)
+        if self.garment_key_scale != 1.0 and not 0 <= self.garment_key_scale_from_layer < num_layers:
+            raise ValueError(f"garment_key_scale_from_layer={garment_key_scale_from_layer} is outside the model's "
+                             f"layers 0..{num_layers - 1}")
         self._bias_cache: dict[tuple, torch.Tensor] = {}
         cap = layout.capacity_frames * layout.tokens_per_frame
         shape = (batch_size, num_heads, cap, head_dim)

@@ -34,6 +34,8 @@ def render_main(argv) -> dict:
     p.add_argument("--garment-key-scale", type=float, default=None,
                    help="multiplier on the garment image's attention keys (default: the checkpoint's; "
                         "docs/RESCHEDULING.md)")
+    p.add_argument("--garment-key-scale-from-layer", type=int, default=None,
+                   help="apply the key scale from this transformer layer on (default: the checkpoint's; 0 = all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
     p.add_argument("--sheet", default=None, help="also write a contact sheet PNG (a row per garment segment)")
@@ -49,7 +51,8 @@ def render_main(argv) -> dict:
 
     ref = _load_image(a.reference)
     garments = {g: _load_image(g) for g in a.garment}
-    stream = {"garment_attention_bias": a.garment_bias, "garment_key_scale": a.garment_key_scale}
+    stream = {"garment_attention_bias": a.garment_bias, "garment_key_scale": a.garment_key_scale,
+              "garment_key_scale_from_layer": a.garment_key_scale_from_layer}
     engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device, stream=stream)
     timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
                         policy=a.policy, checkpoint=engine.checkpoint,
@@ -73,6 +76,7 @@ def render_main(argv) -> dict:
     timeline.extra["applied"] = applied
     timeline.extra["garment_attention_bias"] = engine.stream_config.garment_attention_bias
     timeline.extra["garment_key_scale"] = engine.stream_config.garment_key_scale
+    timeline.extra["garment_key_scale_from_layer"] = engine.stream_config.garment_key_scale_from_layer
     save_timeline(timeline, out.with_suffix(".json"))
     if a.sheet:
         import numpy as np

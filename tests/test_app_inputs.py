@@ -159,6 +159,11 @@ def test_serve_garment_bias_reaches_the_engine():
     assert load_engine(str(DEFAULT_CHECKPOINT), "cpu").stream_config.garment_key_scale == 1.2  # the shipped value
     with pytest.raises(ValueError, match="garment_key_scale"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 0.0)
+    assert _parse_extra(["--garment-key-scale-from-layer", "2"])["garment_key_scale_from_layer"] == 2
+    eng = load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, 2)
+    assert eng.stream_config.garment_key_scale_from_layer == 2 and eng.stream_config.garment_key_scale == 1.2
+    with pytest.raises(ValueError, match="garment_key_scale_from_layer"):
+        load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, -1)
 
 
 def test_with_stream_keeps_settings_given_as_none():

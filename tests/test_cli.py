@@ -48,7 +48,7 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     assert main(["render", "--reference", ref, "--garment", g1, "--garment", g2, "--swap-at", "20", "--frames",
                  "40", "--seed", "3", "--checkpoint", str(ckpt), "--out", str(out),
                  "--sheet", str(tmp_path / "sheet.png"), "--garment-bias", "0.5",
-                 "--garment-key-scale", "1.5"]) == 0
+                 "--garment-key-scale", "1.5", "--garment-key-scale-from-layer", "1"]) == 0
     frames = read_video(out)
     assert frames.shape[0] == 40
     sheet = cv2.imread(str(tmp_path / "sheet.png"))
@@ -57,7 +57,7 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     assert [s["frame"] for s in timeline["swaps"]] == [0, 20] and timeline["seed"] == 3
     assert timeline["applied"][-1]["garment"] == g2 and timeline["applied"][-1]["frame"] >= 20
     assert timeline["garment_attention_bias"] == 0.5  # the overrides reached the stream and are recorded
-    assert timeline["garment_key_scale"] == 1.5
+    assert timeline["garment_key_scale"] == 1.5 and timeline["garment_key_scale_from_layer"] == 1
     assert timeline["checkpoint"] == str(ckpt)  # outside the working directory: kept as given
 
 

@@ -210,6 +210,8 @@ def test_garment_key_scale_from_layer_leaves_earlier_layers_as_trained(pair):
         assert torch.allclose(caches["all"].slot_kv(layer, "garment")[0], plain * scale, atol=1e-6), layer
     with pytest.raises(ValueError, match="garment_key_scale_from_layer"):
         StreamConfig(garment_key_scale_from_layer=-1)
+    with pytest.raises(ValueError, match="outside the model's layers"):
+        m.new_kv_cache(layout, garment_key_scale=scale, garment_key_scale_from_layer=m.config.num_layers)
 
 
 @pytest.mark.parametrize("context_t", [0.0, 150.0])
