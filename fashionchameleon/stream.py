@@ -92,6 +92,10 @@ class StreamingEngine:
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  checkpoint: str | None = None):
         check_resolution(preset)
+        s, n = preset.stream, transformer.config.num_layers
+        if s.garment_key_scale != 1.0 and s.garment_key_scale_from_layer >= n:  # fail at load, not per session
+            raise ValueError(f"garment_key_scale_from_layer={s.garment_key_scale_from_layer} is outside the model's "
+                             f"layers 0..{n - 1}")
         self.preset = preset
         self.device = torch.device(device)
         self.dtype = dtype

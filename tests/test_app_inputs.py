@@ -164,6 +164,8 @@ def test_serve_garment_bias_reaches_the_engine():
     assert eng.stream_config.garment_key_scale_from_layer == 2 and eng.stream_config.garment_key_scale == 1.2
     with pytest.raises(ValueError, match="garment_key_scale_from_layer"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, -1)
+    with pytest.raises(ValueError, match="outside the model's layers"):  # at load, not when a session starts
+        load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, 99)
 
 
 def test_with_stream_keeps_settings_given_as_none():
