@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from teacher.common import cfg_flow, incontext_flow
+from teacher.common import cfg_flow, garment_guided_flow, incontext_flow
 
 
 def dmd_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -24,18 +24,6 @@ def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor
     target = (x - grad).detach()
     per_frame = (x.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
     return 0.5 * (weights * per_frame).sum(dim=1).mean()
-
-
-def garment_guided_flow(transformer, ref, gar, gar_null, x_t, t, text_c, text_u, text_scale: float,
-                        garment_scale: float) -> torch.Tensor:
-    """Text CFG plus garment guidance, one batched forward over (text, garment), (no text, garment) and
-    (text, blank garment): `v_u + s_t (v_c - v_u) + (s_g - 1) (v_c - v_blank)`."""
-    b = x_t.shape[0]
-    three = lambda z: torch.cat([z, z, z], dim=0)  # noqa: E731
-    v = incontext_flow(transformer, three(ref), torch.cat([gar, gar, gar_null], dim=0), three(x_t), three(t),
-                       torch.cat([text_c, text_u, text_c], dim=0))
-    v_c, v_u, v_n = v[:b], v[b:2 * b], v[2 * b:]
-    return v_u + text_scale * (v_c - v_u) + (garment_scale - 1.0) * (v_c - v_n)
 
 
 @torch.no_grad()

@@ -386,6 +386,19 @@ def cfg_flow(transformer, ref, gar, x_t, t, text_c, text_u, scale: float) -> tor
     return v_u + scale * (v_c - v_u)
 
 
+def garment_guided_flow(transformer, ref, gar, gar_null, x_t, t, text_c, text_u, text_scale: float,
+                        garment_scale: float) -> torch.Tensor:
+    """Text CFG plus garment guidance, one batched forward over (text, garment), (no text, garment) and
+    (text, blank garment): `v_u + s_t (v_c - v_u) + (s_g - 1) (v_c - v_blank)`. Used by the DMD real score and
+    by `teacher.sample --garment-guidance`."""
+    b = x_t.shape[0]
+    three = lambda z: torch.cat([z, z, z], dim=0)  # noqa: E731
+    v = incontext_flow(transformer, three(ref), torch.cat([gar, gar, gar_null], dim=0), three(x_t), three(t),
+                       torch.cat([text_c, text_u, text_c], dim=0))
+    v_c, v_u, v_n = v[:b], v[b:2 * b], v[2 * b:]
+    return v_u + text_scale * (v_c - v_u) + (garment_scale - 1.0) * (v_c - v_n)
+
+
 LOSS_WEIGHTINGS = ("bell", "uniform")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -23,15 +24,21 @@ from fashionchameleon.imageops import fit_crop, letterbox_white, to_tensor
 from fashionchameleon.sampling import teacher_sample
 from fashionchameleon.video import contact_row, label, save_sheet  # noqa: F401  (re-exported for the stages)
 from fashionchameleon.vae import latent_frames
-from teacher.common import Components, DataConfig, build_dataset, cfg_flow, incontext_flow, load_stage
+from teacher.common import (Components, DataConfig, build_dataset, cfg_flow, garment_guided_flow, incontext_flow,
+                            load_stage)
 
 
 @torch.no_grad()
 def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.Tensor, prompts: list[str],
                      frames: int, steps: int = 50, guidance: float = 3.0, scheduler: str = "unipc", seed: int = 0,
                      negative_prompt: str = "", eta: float = 1.0, stop_sigma: float = 0.0,
-                     shift: float | None = None) -> torch.Tensor:
-    """reference / garment `[B,3,H,W]` in [-1,1] -> generated clip `[B,3,frames,H,W]` in [-1,1]."""
+                     shift: float | None = None, garment_guidance: float = 1.0) -> torch.Tensor:
+    """reference / garment `[B,3,H,W]` in [-1,1] -> generated clip `[B,3,frames,H,W]` in [-1,1].
+
+    `garment_guidance` > 1 also extrapolates away from the teacher's answer for a blank product image (the white
+    letterbox canvas), as the DMD real score's `dmd.garment_guidance` does (docs/TRAINING.md, run 8)."""
+    if not (math.isfinite(garment_guidance) and garment_guidance >= 0):
+        raise ValueError(f"garment_guidance must be finite and >= 0, got {garment_guidance}")
     tr, vae, preset = comp.transformer.eval(), comp.vae.eval(), comp.preset
     dev = next(tr.parameters()).device
     dt = next(vae.parameters()).dtype
@@ -49,7 +56,16 @@ def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.T
         tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
         return incontext_flow(tr, ref, gar, x, tt, text_c if conditional else text_u)
 
-    if guidance > 1.0:
+    if garment_guidance != 1.0:
+        gar_null = vae.encode_image(torch.ones_like(garment).to(dev, dt)).float()
+
+        def guided(x, t, conditional):  # text CFG and garment guidance in one batched forward
+            tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
+            return garment_guided_flow(tr, ref, gar, gar_null, x, tt, text_c, text_u, guidance, garment_guidance)
+
+        z = teacher_sample(guided, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
+                           shift=shift, generator=g, eta=eta, stop_sigma=stop_sigma)
+    elif guidance > 1.0:
         # one batched forward per step for both branches (same numbers as teacher_sample's two calls)
         def guided(x, t, conditional):
             tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
@@ -147,7 +163,7 @@ def summarise_scores(scores: list[dict]) -> dict:
 def render_examples(comp: Components, examples: list[dict], out: str | Path, frames: int, steps: int,
                     guidance: float, seed: int, cols: int = 6, name: str = "teacher", scheduler: str = "unipc",
                     mp4: bool = True, evaluator=None, eta: float = 1.0, stop_sigma: float = 0.0,
-                    shift: float | None = None) -> dict:
+                    shift: float | None = None, garment_guidance: float = 1.0) -> dict:
     """Sample every example, write `<name>_<i>.mp4` and `<name>_sheet.png` under `out`.
 
     With an `evaluator` and examples that carry `reference_garment`, also score garment transfer of the generated
@@ -159,7 +175,7 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
     for i, ex in enumerate(examples):
         ref, gar = ex["reference"][None], ex["garment"][None]
         vid = teacher_generate(comp, ref, gar, [ex["prompt"]], frames, steps, guidance, scheduler, seed + i,
-                               eta=eta, stop_sigma=stop_sigma, shift=shift)[0]
+                               eta=eta, stop_sigma=stop_sigma, shift=shift, garment_guidance=garment_guidance)[0]
         r, g, v = to_uint8(ex["reference"]), to_uint8(ex["garment"]), to_uint8(vid)
         rows.append(contact_row(r, g, v, cols, "gen"))
         if "video" in ex:
@@ -200,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stop-sigma", type=float, default=0.0,
                     help="renoise only: return the x0 predicted at the last step with sigma >= this")
     ap.add_argument("--shift", type=float, help="sampling timestep shift (default: the stage's training shift)")
+    ap.add_argument("--garment-guidance", type=float, default=1.0,
+                    help="> 1: also guide away from a blank product image (1 = text CFG only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--score", action="store_true",
@@ -231,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluator = Evaluator()
     res = render_examples(comp, examples, args.out, frames, args.steps, args.guidance, args.seed,
                           scheduler=args.scheduler, mp4=not args.no_mp4, evaluator=evaluator, eta=args.eta,
-                          stop_sigma=args.stop_sigma, shift=args.shift)
+                          stop_sigma=args.stop_sigma, shift=args.shift, garment_guidance=args.garment_guidance)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
