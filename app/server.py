@@ -165,17 +165,14 @@ def _parse_extra(argv) -> dict:
     """Serve options beyond the shared CLI flags (`fashionchameleon serve ... --ice-servers ...`)."""
     import argparse
 
+    from fashionchameleon.cli import add_garment_attention_flags
+
     p = argparse.ArgumentParser(prog="fashionchameleon serve", add_help=False)
     p.add_argument("--ice-servers", default=None, help="TURN/STUN for the browser and server, e.g. "
                    "'turn:turn.example.com:3478?transport=udp|user|secret' (comma-separated or a JSON list)")
     p.add_argument("--policy", default=None, help="swap policy (refresh, withdraw, disentangle, recache)")
     p.add_argument("--random-weights", default=None, metavar="PRESET", help="serve an untrained preset (UI testing)")
-    p.add_argument("--garment-bias", type=float, default=None,
-                   help="attention logit on the garment image's tokens (default: the checkpoint's; docs/RESCHEDULING.md)")
-    p.add_argument("--garment-key-scale", type=float, default=None,
-                   help="multiplier on the garment image's attention keys (default: the checkpoint's; 1 = off)")
-    p.add_argument("--garment-key-scale-from-layer", type=int, default=None,
-                   help="apply the key scale from this transformer layer on (default: the checkpoint's; 0 = all)")
+    add_garment_attention_flags(p)
     return vars(p.parse_args(list(argv or [])))
 
 

@@ -30,7 +30,7 @@ from distill.rollout import draw_exit_step, rollout
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             export_stage, finish_stage, stage_parser,
-                            TextDiT, incontext_flow, load_stage, pixels, plot_curves)
+                            TextDiT, blank_garment_latent, incontext_flow, load_stage, pixels, plot_curves)
 
 
 @dataclass
@@ -90,8 +90,7 @@ def encode_conditions(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Ten
 @torch.no_grad()
 def blank_garment(vae, batch: dict, device) -> torch.Tensor:
     """Latents of empty product images (all white: the letterbox canvas), one per garment of the batch."""
-    dt = next(vae.parameters()).dtype
-    return vae.encode_image(torch.ones_like(pixels(batch["garment"], device, dt))).float()
+    return blank_garment_latent(vae, pixels(batch["garment"], device, next(vae.parameters()).dtype))
 
 
 def rollout_length(dmd: DMDConfig, seed: int, step: int) -> int:

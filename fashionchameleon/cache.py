@@ -49,6 +49,13 @@ class CacheLayout:
         return self.cond_frames + self.sink_frames + self.window_frames + self.chunk_frames
 
 
+def check_key_scale_layer(scale: float, from_layer: int, num_layers: int) -> None:
+    """A garment key scale must start at a layer the model has (else it would silently do nothing)."""
+    if scale != 1.0 and not 0 <= from_layer < num_layers:
+        raise ValueError(f"garment_key_scale_from_layer={from_layer} is outside the model's layers "
+                         f"0..{num_layers - 1}")
+
+
 class KVCache:
     """Per-layer self-attention K/V with pinned condition and sink slots and a FIFO window.
 
@@ -81,9 +88,7 @@ class KVCache:
         self.garment_bias = float(garment_bias)
         self.garment_key_scale = float(garment_key_scale)
         self.garment_key_scale_from_layer = int(garment_key_scale_from_layer)
-        if self.garment_key_scale != 1.0 and not 0 <= self.garment_key_scale_from_layer < num_layers:
-            raise ValueError(f"garment_key_scale_from_layer={garment_key_scale_from_layer} is outside the model's "
-                             f"layers 0..{num_layers - 1}")
+        check_key_scale_layer(self.garment_key_scale, self.garment_key_scale_from_layer, num_layers)
         self._bias_cache: dict[tuple, torch.Tensor] = {}
         cap = layout.capacity_frames * layout.tokens_per_frame
         shape = (batch_size, num_heads, cap, head_dim)

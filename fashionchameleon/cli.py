@@ -17,6 +17,30 @@ def _load_image(path: str):
         raise SystemExit(f"error: {what}: {path}") from None
 
 
+# flag dest -> (StreamConfig field, type, help); shared by `render` and `serve` (app.server)
+GARMENT_ATTENTION_FLAGS = {
+    "garment_bias": ("garment_attention_bias", float,
+                     "attention logit added to the garment image's tokens (default: the checkpoint's; "
+                     "docs/RESCHEDULING.md)"),
+    "garment_key_scale": ("garment_key_scale", float,
+                          "multiplier on the garment image's attention keys (default: the checkpoint's; 1 = off; "
+                          "docs/RESCHEDULING.md)"),
+    "garment_key_scale_from_layer": ("garment_key_scale_from_layer", int,
+                                     "apply the key scale from this transformer layer on (default: the "
+                                     "checkpoint's; 0 = all)"),
+}
+
+
+def add_garment_attention_flags(p: argparse.ArgumentParser) -> None:
+    for dest, (_, typ, help_) in GARMENT_ATTENTION_FLAGS.items():
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_)
+
+
+def garment_attention_overrides(values: dict) -> dict:
+    """Parsed flag values -> `StreamConfig` overrides (None = keep the checkpoint's, see `Preset.with_stream`)."""
+    return {field: values.get(dest) for dest, (field, _, _) in GARMENT_ATTENTION_FLAGS.items()}
+
+
 def render_main(argv) -> dict:
     p = argparse.ArgumentParser(prog="fashionchameleon render",
                                 description="Render a garment-swap clip offline: MP4 + JSON timeline.")
@@ -28,14 +52,7 @@ def render_main(argv) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default="disentangle")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--garment-bias", type=float, default=None,
-                   help="attention logit added to the garment image's tokens (default: the checkpoint's; "
-                        "docs/RESCHEDULING.md)")
-    p.add_argument("--garment-key-scale", type=float, default=None,
-                   help="multiplier on the garment image's attention keys (default: the checkpoint's; "
-                        "docs/RESCHEDULING.md)")
-    p.add_argument("--garment-key-scale-from-layer", type=int, default=None,
-                   help="apply the key scale from this transformer layer on (default: the checkpoint's; 0 = all)")
+    add_garment_attention_flags(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
     p.add_argument("--sheet", default=None, help="also write a contact sheet PNG (a row per garment segment)")
@@ -51,8 +68,7 @@ def render_main(argv) -> dict:
 
     ref = _load_image(a.reference)
     garments = {g: _load_image(g) for g in a.garment}
-    stream = {"garment_attention_bias": a.garment_bias, "garment_key_scale": a.garment_key_scale,
-              "garment_key_scale_from_layer": a.garment_key_scale_from_layer}
+    stream = garment_attention_overrides(vars(a))
     engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device, stream=stream)
     timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
                         policy=a.policy, checkpoint=engine.checkpoint,

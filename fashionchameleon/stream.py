@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .cache import CacheLayout
+from .cache import CacheLayout, check_key_scale_layer
 from .configs import Preset, check_resolution, get_preset
 from .imageops import fit_crop, letterbox_white, to_tensor, to_uint8_frames
 from .model import CausalWanTransformer3DModel
@@ -92,10 +92,8 @@ class StreamingEngine:
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  checkpoint: str | None = None):
         check_resolution(preset)
-        s, n = preset.stream, transformer.config.num_layers
-        if s.garment_key_scale != 1.0 and s.garment_key_scale_from_layer >= n:  # fail at load, not per session
-            raise ValueError(f"garment_key_scale_from_layer={s.garment_key_scale_from_layer} is outside the model's "
-                             f"layers 0..{n - 1}")
+        s = preset.stream  # fail at load, not when each session builds its cache
+        check_key_scale_layer(s.garment_key_scale, s.garment_key_scale_from_layer, transformer.config.num_layers)
         self.preset = preset
         self.device = torch.device(device)
         self.dtype = dtype

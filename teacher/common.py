@@ -386,6 +386,13 @@ def cfg_flow(transformer, ref, gar, x_t, t, text_c, text_u, scale: float) -> tor
     return v_u + scale * (v_c - v_u)
 
 
+@torch.no_grad()
+def blank_garment_latent(vae, garment: torch.Tensor) -> torch.Tensor:
+    """Latents of empty product images (all white: the letterbox canvas) shaped like `garment` pixels; the null
+    condition of garment guidance."""
+    return vae.encode_image(torch.ones_like(garment)).float()
+
+
 def garment_guided_flow(transformer, ref, gar, gar_null, x_t, t, text_c, text_u, text_scale: float,
                         garment_scale: float) -> torch.Tensor:
     """Text CFG plus garment guidance, one batched forward over (text, garment), (no text, garment) and

@@ -24,8 +24,8 @@ from fashionchameleon.imageops import fit_crop, letterbox_white, to_tensor
 from fashionchameleon.sampling import teacher_sample
 from fashionchameleon.video import contact_row, label, save_sheet  # noqa: F401  (re-exported for the stages)
 from fashionchameleon.vae import latent_frames
-from teacher.common import (Components, DataConfig, build_dataset, cfg_flow, garment_guided_flow, incontext_flow,
-                            load_stage)
+from teacher.common import (Components, DataConfig, blank_garment_latent, build_dataset, cfg_flow,
+                            garment_guided_flow, load_stage)
 
 
 @torch.no_grad()
@@ -52,30 +52,17 @@ def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.T
     shift = preset.stream.timestep_shift if shift is None else shift
     noise = torch.randn((b, tr.config.in_channels, f, *ref.shape[-2:]), generator=g).to(dev)
 
-    def flow_fn(x, t, conditional):
+    text_scale = guidance if guidance > 1.0 else 1.0  # <= 1: the conditional branch alone
+    gar_null = blank_garment_latent(vae, garment.to(dev, dt)) if garment_guidance != 1.0 else None
+
+    def flow(x, t, conditional):  # every branch of a step in one batched forward
         tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
-        return incontext_flow(tr, ref, gar, x, tt, text_c if conditional else text_u)
+        if gar_null is not None:
+            return garment_guided_flow(tr, ref, gar, gar_null, x, tt, text_c, text_u, text_scale, garment_guidance)
+        return cfg_flow(tr, ref, gar, x, tt, text_c, text_u, text_scale)
 
-    if garment_guidance != 1.0:
-        gar_null = vae.encode_image(torch.ones_like(garment).to(dev, dt)).float()
-
-        def guided(x, t, conditional):  # text CFG and garment guidance in one batched forward
-            tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
-            return garment_guided_flow(tr, ref, gar, gar_null, x, tt, text_c, text_u, guidance, garment_guidance)
-
-        z = teacher_sample(guided, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=shift, generator=g, eta=eta, stop_sigma=stop_sigma)
-    elif guidance > 1.0:
-        # one batched forward per step for both branches (same numbers as teacher_sample's two calls)
-        def guided(x, t, conditional):
-            tt = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(1).expand(b)
-            return cfg_flow(tr, ref, gar, x, tt, text_c, text_u, guidance)
-
-        z = teacher_sample(guided, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=shift, generator=g, eta=eta, stop_sigma=stop_sigma)
-    else:
-        z = teacher_sample(flow_fn, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler,
-                           shift=shift, generator=g, eta=eta, stop_sigma=stop_sigma)
+    z = teacher_sample(flow, noise, steps=steps, guidance_scale=1.0, scheduler=scheduler, shift=shift, generator=g,
+                       eta=eta, stop_sigma=stop_sigma)
     return vae.decode(z.to(dt)).float()
 
 
