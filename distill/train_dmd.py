@@ -27,9 +27,10 @@ import torch
 from distill.dmd import dmd_gradient, score_x0, weighted_dmd_loss
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
 from distill.rollout import draw_exit_step, rollout
+from distill.train_tf import TFMask, tf_loss
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
-                            export_stage, finish_stage, stage_parser,
+                            export_stage, finish_stage, stage_parser, region_loss_weight,
                             TextDiT, blank_garment_latent, incontext_flow, load_stage, pixels, plot_curves)
 
 
@@ -55,6 +56,11 @@ class DMDConfig:
     # critic-only steps before the first generator update, so the fake score has learned the generator's (long
     # rollout) distribution before its difference to the real score steers anything
     critic_warmup: int = 0
+    # > 0: each generator update also takes this weight times the teacher-forcing loss of the generator on the
+    # batch's real clip (`distill.train_tf.tf_loss`, at the student's warped steps), so the generator is pulled
+    # towards real data as well as towards the teacher's samples. Needs `data.frames` > 1. 0 = the paper's DMD.
+    tf_anchor: float = 0.0
+    tf_anchor_context_noise_max: float = 0.0  # the anchor's clean history re-noised to t ~ U[0, this] per clip
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
@@ -64,6 +70,10 @@ class DMDConfig:
             raise ValueError(f"dmd.garment_guidance must be finite and >= 0, got {self.garment_guidance}")
         if self.critic_warmup < 0:
             raise ValueError(f"dmd.critic_warmup must be >= 0, got {self.critic_warmup}")
+        for name in ("tf_anchor", "tf_anchor_context_noise_max"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"dmd.{name} must be finite and >= 0, got {v}")
         if self.rollout_chunks and self.rollout_chunks < self.chunks:
             raise ValueError(f"dmd.rollout_chunks ({self.rollout_chunks}) must be 0 or >= dmd.chunks "
                              f"({self.chunks})")
@@ -106,9 +116,27 @@ def generator_step(dmd: DMDConfig, step: int) -> bool:
     return step >= dmd.critic_warmup and (step - dmd.critic_warmup) % dmd.gen_update_every == 0
 
 
-def make_step_fn(comp, dmd: DMDConfig, seed: int):
+def anchor_loss(gen, comp, dmd: DMDConfig, data: DataConfig, masks: TFMask, batch: dict, ref, gar, text,
+                device) -> torch.Tensor:
+    """The generator's teacher-forcing loss on the batch's real clip (see `DMDConfig.tf_anchor`)."""
+    fm, vae, stream = comp.fm, comp.vae, comp.preset.stream
+    with torch.no_grad():
+        vid = vae.encode_video(pixels(batch["video"], device, next(vae.parameters()).dtype)).float()
+    region = region_loss_weight(batch, vid.shape, comp.preset.temporal_factor, data)
+    context_t = None
+    if dmd.tf_anchor_context_noise_max > 0:
+        context_t = torch.rand(vid.shape[0]) * dmd.tf_anchor_context_noise_max
+    choices = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
+    return tf_loss(gen.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
+                   weighting=data.loss_weighting, region=region, choices=choices, context_t=context_t)
+
+
+def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None):
     fm, vae, text_enc, preset = comp.fm, comp.vae, comp.text_encoder, comp.preset
     stream = preset.stream
+    if dmd.tf_anchor > 0 and (data is None or data.frames < 2):
+        raise ValueError("dmd.tf_anchor needs real clips: set data.frames to a clip length (> 1)")
+    masks = TFMask(stream.chunk_frames, stream.cond_frames)
 
     def sample_t(b, device):
         return fm.sample_train_timesteps((b,), device=device).clamp(dmd.min_t, dmd.max_t)
@@ -148,6 +176,10 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int):
                                         stream.chunk_frames)
             w = chunk_weights(rewards, stream.chunk_frames, x.shape[2], dmd.tau)
             loss_g = weighted_dmd_loss(x, grad, w)
+            if dmd.tf_anchor > 0:
+                loss_a = anchor_loss(gen, comp, dmd, data, masks, batch, ref, gar, text_c, ctx.device)
+                out["anchor_loss"] = loss_a.detach()
+                loss_g = loss_g + dmd.tf_anchor * loss_a
             ctx.update("generator", loss_g)
             out.update(gen_loss=loss_g.detach(), exit_step=exit_step, reward=rewards.mean(),
                        reward_first=rewards[:, 0].mean(), reward_last=rewards[:, -1].mean(),
@@ -212,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"exported": str(dest)}
 
     trainer = Trainer(train_cfg, {"generator": gen, "critic": critic, "teacher": real},
-                      make_step_fn(comp, dmd, train_cfg.seed), data_ds, optimizers=opts, eval_fn=eval_fn)
+                      make_step_fn(comp, dmd, train_cfg.seed, data), data_ds, optimizers=opts, eval_fn=eval_fn)
     comp.place(trainer.accelerator.device)
     res = trainer.train(resume=args.resume, until=args.until)
     card = (f"# GR-DMD generator ({comp.preset.name})\n\nGenerator from `{model_cfg.init}`, teacher "

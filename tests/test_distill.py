@@ -271,6 +271,59 @@ def test_garment_guided_real_score_matches_separate_forwards(stages, tmp_path):
     assert np.isfinite(res["critic_loss"]) and (tmp_path / "gg/final/transformer").is_dir()
 
 
+def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
+    """dmd.tf_anchor: the generator update also fits the real clip (the TF stage's loss at the student's steps);
+    it needs clips, refuses bad weights, and moves the generator away from the anchor-free run of the same seed."""
+    from distill.train_dmd import DMDConfig, anchor_loss, make_step_fn
+    from distill.train_tf import tf_loss
+    from teacher.common import DataConfig, TextDiT
+
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="tf_anchor"):
+            DMDConfig(tf_anchor=bad)
+    with pytest.raises(ValueError, match="tf_anchor_context_noise_max"):
+        DMDConfig(tf_anchor_context_noise_max=-1.0)
+    root, _ = stages
+    comp = load_stage(root / "tf/final")
+    with pytest.raises(ValueError, match="data.frames"):
+        make_step_fn(comp, DMDConfig(tf_anchor=0.5), 0, DataConfig(frames=1))
+    # the anchor is exactly the TF stage's objective on the batch's clip, at the sampler's steps
+    gen = TextDiT(comp.transformer, None)
+    stream, fm = comp.preset.stream, comp.fm
+    frames = comp.preset.pixel_frames(2 * stream.chunk_frames)
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(2, *shape, generator=g) for k, shape in
+             (("reference", (3, comp.preset.height, comp.preset.width)),
+              ("garment", (3, comp.preset.height, comp.preset.width)),
+              ("video", (3, frames, comp.preset.height, comp.preset.width)))}
+    data = DataConfig(frames=frames, loss_weighting="uniform")
+    masks = TFMask(stream.chunk_frames, stream.cond_frames)
+    ref, gar, vid = (comp.vae.encode_image(batch["reference"]), comp.vae.encode_image(batch["garment"]),
+                     comp.vae.encode_video(batch["video"]))
+    text = comp.text_encoder(["walks forward", "waves"])
+    torch.manual_seed(5)
+    got = anchor_loss(gen, comp, DMDConfig(tf_anchor=1.0), data, masks, batch, ref, gar, text, "cpu")
+    torch.manual_seed(5)
+    steps = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
+    want = tf_loss(comp.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames, weighting="uniform",
+                   choices=steps)
+    assert torch.isfinite(got) and torch.allclose(got, want)
+    # a smoke run with the anchor logs it and ends elsewhere than the same run without it
+    smoke = (ROOT / "distill/configs/dmd_smoke.yaml").read_text().replace("  frames: 1 ", f"  frames: {frames} ")
+    outs = {}
+    for name, extra in (("plain", ""), ("anchor", "  tf_anchor: 5.0\n  tf_anchor_context_noise_max: 300.0\n")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(smoke.replace("dmd:\n", "dmd:\n" + extra))
+        outs[name] = train_dmd.main(["--config", str(cfg), "--smoke", "--out", str(tmp_path / name), "--init",
+                                     str(root / "tf/final"), "--teacher", str(root / "t/final")])
+    log = (tmp_path / "anchor/log.csv").read_text().splitlines()
+    col = log[0].split(",").index("anchor_loss")
+    assert any(np.isfinite(float(r.split(",")[col])) for r in log[1:] if r.split(",")[col])
+    a = load_stage(tmp_path / "plain/final").transformer.state_dict()
+    b = load_stage(tmp_path / "anchor/final").transformer.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_reward_measures_garment_colour_and_sharpness():
     cfg = RewardConfig()
     h = w = 32
