@@ -8,7 +8,10 @@ With A_f = 1/F (tau = inf) this is vanilla DMD, 0.5 * mse(x_hat, sg(x_hat - grad
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from teacher.common import cfg_flow, garment_guided_flow, incontext_flow
 
@@ -17,6 +20,23 @@ def dmd_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, 
     dims = tuple(range(1, x.ndim))
     denom = (x.detach() - x0_real).abs().mean(dim=dims, keepdim=True).clamp_min(eps)
     return (x0_fake - x0_real) / denom
+
+
+def spatial_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur over H, W of `[B,C,F,H,W]` (reflect padding; frames and channels independent).
+
+    `sigma` in latent cells; 0 returns `x`. Used on the DMD gradient (`dmd.grad_lowpass`): only the teacher's
+    coarse signal (colour, layout) is distilled, not its high-frequency texture."""
+    if sigma <= 0:
+        return x
+    b, c, f, h, w = x.shape
+    r = min(max(1, math.ceil(3 * sigma)), h - 1, w - 1)
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    y = x.permute(0, 2, 1, 3, 4).reshape(b * f * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
 def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from distill.dmd import dmd_gradient, score_x0, weighted_dmd_loss
+from distill.dmd import dmd_gradient, score_x0, spatial_lowpass, weighted_dmd_loss
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
 from distill.rollout import draw_exit_step, rollout
 from distill.train_tf import TFMask, tf_loss
@@ -61,6 +61,9 @@ class DMDConfig:
     # towards real data as well as towards the teacher's samples. Needs `data.frames` > 1. 0 = the paper's DMD.
     tf_anchor: float = 0.0
     tf_anchor_context_noise_max: float = 0.0  # the anchor's clean history re-noised to t ~ U[0, this] per clip
+    # > 0: the DMD gradient is Gaussian-blurred over space (sigma in latent cells) before it reaches the generator,
+    # so only the teacher's coarse signal is distilled, not the high-frequency texture of its samples (run 9)
+    grad_lowpass: float = 0.0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
@@ -70,7 +73,7 @@ class DMDConfig:
             raise ValueError(f"dmd.garment_guidance must be finite and >= 0, got {self.garment_guidance}")
         if self.critic_warmup < 0:
             raise ValueError(f"dmd.critic_warmup must be >= 0, got {self.critic_warmup}")
-        for name in ("tf_anchor", "tf_anchor_context_noise_max"):
+        for name in ("tf_anchor", "tf_anchor_context_noise_max", "grad_lowpass"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"dmd.{name} must be finite and >= 0, got {v}")
@@ -166,7 +169,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
                 gar_null = blank[key]
             x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c, text_u,
                                         dmd.guidance, dmd.garment_guidance, gar_null)
-            grad = dmd_gradient(x, x0_real, x0_fake)
+            grad = spatial_lowpass(dmd_gradient(x, x0_real, x0_fake), dmd.grad_lowpass)
             if math.isinf(dmd.tau) or dmd.reward.kind == "none":
                 rewards = torch.zeros(b, dmd.chunks, device=ctx.device)
             else:

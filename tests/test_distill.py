@@ -324,6 +324,32 @@ def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_grad_lowpass_keeps_the_coarse_dmd_signal_only():
+    """dmd.grad_lowpass: the blur keeps a constant and a slow ramp, removes the finest (checkerboard) pattern,
+    acts on H, W only, and 0 is the identity."""
+    from distill.dmd import spatial_lowpass
+    from distill.train_dmd import DMDConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 12, 10, generator=g)
+    assert torch.equal(spatial_lowpass(x, 0.0), x)
+    const = torch.full((1, 2, 3, 12, 10), 0.7)
+    assert torch.allclose(spatial_lowpass(const, 1.0), const, atol=1e-6)
+    ramp = torch.linspace(-1, 1, 10).expand(1, 1, 2, 12, 10).contiguous()
+    inner = (slice(None),) * 4 + (slice(3, 7),)  # away from the reflected border
+    assert torch.allclose(spatial_lowpass(ramp, 1.0)[inner], ramp[inner], atol=1e-5)
+    checker = ((torch.arange(12)[:, None] + torch.arange(10)[None]) % 2 * 2 - 1.0).expand(1, 1, 1, 12, 10)
+    assert spatial_lowpass(checker, 1.0).abs().max() < 0.01
+    # frames are not mixed: a pulse in frame 1 leaves frames 0 and 2 at zero
+    pulse = torch.zeros(1, 1, 3, 12, 10)
+    pulse[0, 0, 1, 6, 5] = 1.0
+    out = spatial_lowpass(pulse, 1.0)
+    assert out[0, 0, 0].abs().max() == 0 and out[0, 0, 2].abs().max() == 0
+    assert out[0, 0, 1, 6, 5] < 1.0 and torch.isclose(out.sum(), torch.tensor(1.0), atol=1e-5)
+    with pytest.raises(ValueError, match="grad_lowpass"):
+        DMDConfig(grad_lowpass=-0.5)
+
+
 def test_reward_measures_garment_colour_and_sharpness():
     cfg = RewardConfig()
     h = w = 32
