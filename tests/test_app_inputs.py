@@ -1,7 +1,9 @@
 """Bad inputs (uploads, ids, timelines) get clear 4xx messages; the server and live sessions keep running."""
 import io
+import json
 import struct
 import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -155,17 +157,18 @@ def test_serve_garment_bias_reaches_the_engine():
     with pytest.raises(ValueError, match="garment_attention_bias must be finite"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, float("nan"))
     assert _parse_extra(["--garment-key-scale", "1"])["garment_key_scale"] == 1.0
-    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 1.0).stream_config.garment_key_scale == 1.0
-    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu").stream_config.garment_key_scale == 1.2  # the shipped value
+    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 1.5).stream_config.garment_key_scale == 1.5
+    shipped = json.loads((Path(DEFAULT_CHECKPOINT) / "preset.json").read_text())["stream"]["garment_key_scale"]
+    assert load_engine(str(DEFAULT_CHECKPOINT), "cpu").stream_config.garment_key_scale == shipped  # no flag: kept
     with pytest.raises(ValueError, match="garment_key_scale"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 0.0)
     assert _parse_extra(["--garment-key-scale-from-layer", "2"])["garment_key_scale_from_layer"] == 2
     eng = load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, 2)
-    assert eng.stream_config.garment_key_scale_from_layer == 2 and eng.stream_config.garment_key_scale == 1.2
+    assert eng.stream_config.garment_key_scale_from_layer == 2 and eng.stream_config.garment_key_scale == shipped
     with pytest.raises(ValueError, match="garment_key_scale_from_layer"):
         load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, -1)
     with pytest.raises(ValueError, match="outside the model's layers"):  # at load, not when a session starts
-        load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, None, 99)
+        load_engine(str(DEFAULT_CHECKPOINT), "cpu", None, None, 1.2, 99)
 
 
 def test_with_stream_keeps_settings_given_as_none():
