@@ -59,10 +59,12 @@ class DMDConfig:
     # > 0: each generator update also takes this weight times the teacher-forcing loss of the generator on the
     # batch's real clip (`distill.train_tf.tf_loss`, at the student's warped steps), so the generator is pulled
     # towards real data as well as towards the teacher's samples. Needs `data.frames` > 1. 0 = the paper's DMD.
+    # (Run 9: it slowed the garment gain and the long-stream drift at the same rate.)
     tf_anchor: float = 0.0
     tf_anchor_context_noise_max: float = 0.0  # the anchor's clean history re-noised to t ~ U[0, this] per clip
     # > 0: the DMD gradient is Gaussian-blurred over space (sigma in latent cells) before it reaches the generator,
-    # so only the teacher's coarse signal is distilled, not the high-frequency texture of its samples (run 9)
+    # so only the teacher's coarse signal is distilled, not the high-frequency texture of its samples (run 9: it
+    # did not stop the long-stream drift)
     grad_lowpass: float = 0.0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
