@@ -55,8 +55,6 @@ def main(argv=None) -> dict:
     ev = Evaluator()
     chunk = settle_frames(engine)
     first = engine.preset.pixel_frames(engine.preset.stream.chunk_frames)
-    names = M.LANDMARK_NAMES
-    ix = [names.index(k) for k in M.MOTION_LANDMARKS]
     strip_ids = {int(s) for s in args.strip_cases.split(",") if s} if args.strip else set()
     pooled: dict[str, list[float]] = {}
     rows, per_case = [], []
@@ -65,7 +63,7 @@ def main(argv=None) -> dict:
             continue
         r = run_case(engine, case, args.policy, ev, keep_frames=True)
         video = r["video"]
-        jumps = M.landmark_jumps(M.mask_landmarks(ev.masks(video), ev.cfg)[:, ix])
+        jumps = M.motion_jumps(M.mask_landmarks(ev.masks(video), ev.cfg))
         parts = classify_jumps(jumps, r["actual_swaps"], first, chunk)
         for k, v in parts.items():
             pooled.setdefault(k, []).extend(v)

@@ -27,10 +27,10 @@ import torch
 from distill.dmd import dmd_gradient, score_x0, spatial_lowpass, weighted_dmd_loss
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
 from distill.rollout import draw_exit_step, rollout
-from distill.train_tf import TFMask, tf_loss
+from distill.train_tf import TFMask, real_clip_loss
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
-                            export_stage, finish_stage, stage_parser, region_loss_weight,
+                            export_stage, finish_stage, stage_parser,
                             TextDiT, blank_garment_latent, incontext_flow, load_stage, pixels, plot_curves)
 
 
@@ -57,7 +57,7 @@ class DMDConfig:
     # rollout) distribution before its difference to the real score steers anything
     critic_warmup: int = 0
     # > 0: each generator update also takes this weight times the teacher-forcing loss of the generator on the
-    # batch's real clip (`distill.train_tf.tf_loss`, at the student's warped steps), so the generator is pulled
+    # batch's real clip (`distill.train_tf.real_clip_loss`, at the student's warped steps), so the generator is pulled
     # towards real data as well as towards the teacher's samples. Needs `data.frames` > 1. 0 = the paper's DMD.
     # (Run 9: it slowed the garment gain and the long-stream drift at the same rate.)
     tf_anchor: float = 0.0
@@ -121,27 +121,14 @@ def generator_step(dmd: DMDConfig, step: int) -> bool:
     return step >= dmd.critic_warmup and (step - dmd.critic_warmup) % dmd.gen_update_every == 0
 
 
-def anchor_loss(gen, comp, dmd: DMDConfig, data: DataConfig, masks: TFMask, batch: dict, ref, gar, text,
-                device) -> torch.Tensor:
-    """The generator's teacher-forcing loss on the batch's real clip (see `DMDConfig.tf_anchor`)."""
-    fm, vae, stream = comp.fm, comp.vae, comp.preset.stream
-    with torch.no_grad():
-        vid = vae.encode_video(pixels(batch["video"], device, next(vae.parameters()).dtype)).float()
-    region = region_loss_weight(batch, vid.shape, comp.preset.temporal_factor, data)
-    context_t = None
-    if dmd.tf_anchor_context_noise_max > 0:
-        context_t = torch.rand(vid.shape[0]) * dmd.tf_anchor_context_noise_max
-    choices = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
-    return tf_loss(gen.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
-                   weighting=data.loss_weighting, region=region, choices=choices, context_t=context_t)
-
-
 def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None):
     fm, vae, text_enc, preset = comp.fm, comp.vae, comp.text_encoder, comp.preset
     stream = preset.stream
     if dmd.tf_anchor > 0 and (data is None or data.frames < 2):
         raise ValueError("dmd.tf_anchor needs real clips: set data.frames to a clip length (> 1)")
-    masks = TFMask(stream.chunk_frames, stream.cond_frames)
+    if dmd.tf_anchor > 0:  # the anchor is the TF stage's loss at the sampler's steps
+        masks = TFMask(stream.chunk_frames, stream.cond_frames)
+        steps = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
 
     def sample_t(b, device):
         return fm.sample_train_timesteps((b,), device=device).clamp(dmd.min_t, dmd.max_t)
@@ -182,7 +169,10 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
             w = chunk_weights(rewards, stream.chunk_frames, x.shape[2], dmd.tau)
             loss_g = weighted_dmd_loss(x, grad, w)
             if dmd.tf_anchor > 0:
-                loss_a = anchor_loss(gen, comp, dmd, data, masks, batch, ref, gar, text_c, ctx.device)
+                with torch.no_grad():
+                    vid = vae.encode_video(pixels(batch["video"], ctx.device, next(vae.parameters()).dtype)).float()
+                loss_a = real_clip_loss(gen.transformer, comp, masks, batch, ref, gar, vid, text_c, data, steps,
+                                        dmd.tf_anchor_context_noise_max)
                 out["anchor_loss"] = loss_a.detach()
                 loss_g = loss_g + dmd.tf_anchor * loss_a
             ctx.update("generator", loss_g)

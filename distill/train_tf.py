@@ -177,6 +177,18 @@ def tf_loss(transformer, fm: FlowMatching, masks: TFMask, ref, gar, vid, text, c
     return per_frame_bell_mse(fm, pred, fm.training_target(vid, noise), t_video, weighting, region)
 
 
+def real_clip_loss(transformer, comp, masks: TFMask, batch: dict, ref, gar, vid, text, data: DataConfig,
+                   choices: torch.Tensor | None, context_noise_max: float,
+                   history: torch.Tensor | None = None) -> torch.Tensor:
+    """The teacher-forcing objective on a batch's real clip: region weights from the batch's masks, clean history
+    re-noised to t ~ U[0, context_noise_max] per clip (0 = clean). Used by this stage and by the DMD anchor."""
+    region = region_loss_weight(batch, vid.shape, comp.preset.temporal_factor, data)
+    context_t = torch.rand(vid.shape[0]) * context_noise_max if context_noise_max > 0 else None
+    return tf_loss(transformer, comp.fm, masks, ref, gar, vid, text, comp.preset.stream.chunk_frames,
+                   weighting=data.loss_weighting, region=region, choices=choices, history=history,
+                   context_t=context_t)
+
+
 def make_step_fn(comp, data: DataConfig, tf: TFConfig = TFConfig()):
     fm, vae, text_enc = comp.fm, comp.vae, comp.text_encoder
     stream = comp.preset.stream
@@ -190,17 +202,12 @@ def make_step_fn(comp, data: DataConfig, tf: TFConfig = TFConfig()):
         ref, gar, vid = encode_batch(vae, batch, ctx.device)
         with torch.no_grad():
             text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)
-        region = region_loss_weight(batch, vid.shape, comp.preset.temporal_factor, data)
         history = None
         if tf.self_history > 0:
             history = self_history(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
                                    tf.self_history, tf.self_history_sigma)
-        context_t = None
-        if tf.context_noise_max > 0:
-            context_t = torch.rand(vid.shape[0]) * tf.context_noise_max
-        loss = tf_loss(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,
-                       weighting=data.loss_weighting, region=region, choices=choices, history=history,
-                       context_t=context_t)
+        loss = real_clip_loss(model.transformer, comp, masks, batch, ref, gar, vid, text, data, choices,
+                              tf.context_noise_max, history)
         return {"loss": loss}
 
     return step_fn

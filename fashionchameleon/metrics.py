@@ -358,10 +358,15 @@ def continuity_ratio(jumps: np.ndarray, swap_frames, floor: float) -> list[float
     return [float(jumps[i] / base) if not math.isnan(jumps[i]) else float("nan") for i in idx]
 
 
+def motion_jumps(landmarks: np.ndarray) -> np.ndarray:
+    """[T, K, 2] (all `LANDMARK_NAMES`) -> [T-1] px moves of the garment-invariant `MOTION_LANDMARKS`."""
+    ix = [LANDMARK_NAMES.index(n) for n in MOTION_LANDMARKS]
+    return landmark_jumps(landmarks[:, ix])
+
+
 def motion_continuity(landmarks: np.ndarray, swap_frames, cfg: MetricConfig = DEFAULT_METRICS) -> list[float]:
     """Jump of the garment-invariant `MOTION_LANDMARKS` at each swap frame (see `continuity_ratio`)."""
-    ix = [LANDMARK_NAMES.index(n) for n in MOTION_LANDMARKS]
-    return continuity_ratio(landmark_jumps(landmarks[:, ix]), swap_frames, cfg.jump_floor_px)
+    return continuity_ratio(motion_jumps(landmarks), swap_frames, cfg.jump_floor_px)
 
 
 def temporal_flicker(frames: np.ndarray, masks: np.ndarray | None = None,

@@ -274,8 +274,8 @@ def test_garment_guided_real_score_matches_separate_forwards(stages, tmp_path):
 def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
     """dmd.tf_anchor: the generator update also fits the real clip (the TF stage's loss at the student's steps);
     it needs clips, refuses bad weights, and moves the generator away from the anchor-free run of the same seed."""
-    from distill.train_dmd import DMDConfig, anchor_loss, make_step_fn
-    from distill.train_tf import tf_loss
+    from distill.train_dmd import DMDConfig, make_step_fn
+    from distill.train_tf import real_clip_loss, tf_loss
     from teacher.common import DataConfig, TextDiT
 
     for bad in (-0.1, float("nan")):
@@ -301,10 +301,10 @@ def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
     ref, gar, vid = (comp.vae.encode_image(batch["reference"]), comp.vae.encode_image(batch["garment"]),
                      comp.vae.encode_video(batch["video"]))
     text = comp.text_encoder(["walks forward", "waves"])
-    torch.manual_seed(5)
-    got = anchor_loss(gen, comp, DMDConfig(tf_anchor=1.0), data, masks, batch, ref, gar, text, "cpu")
-    torch.manual_seed(5)
     steps = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
+    torch.manual_seed(5)
+    got = real_clip_loss(gen.transformer, comp, masks, batch, ref, gar, vid, text, data, steps, 0.0)
+    torch.manual_seed(5)
     want = tf_loss(comp.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames, weighting="uniform",
                    choices=steps)
     assert torch.isfinite(got) and torch.allclose(got, want)
