@@ -19,10 +19,16 @@ from fashionchameleon import metrics as M
 from fashionchameleon.evaluate import Evaluator, build_cases, load_engine, run_case, settle_frames
 
 
-def classify_jumps(jumps: np.ndarray, swaps: list[int], first: int, chunk: int, after: int = 2) -> dict[str, list[float]]:
+def classify_jumps(jumps: np.ndarray, swaps: list[int], first: int, chunk: int, after: int = 2,
+                   latent: int = 0) -> dict[str, list[float]]:
     """`jumps[i]` is the move from frame i to i + 1; it is filed under the frame it lands on. Chunks start at frame
-    0, `first` (the first chunk is shorter: the causal VAE's first latent is one frame), `first + chunk`, ..."""
+    0, `first` (the first chunk is shorter: the causal VAE's first latent is one frame), `first + chunk`, ...
+    With `latent` (the VAE's temporal factor), jumps inside a chunk are split into those onto the first frame of a
+    latent frame ("latent_boundary": one latent to the next, inside one denoised chunk) and the rest ("within_latent":
+    frames the decoder draws from one latent)."""
     out: dict[str, list[float]] = {"swap": [], "after_swap": [], "chunk_boundary": [], "within_chunk": []}
+    if latent:
+        out.update(latent_boundary=[], within_latent=[])
     swap_set = set(swaps)
     for i, j in enumerate(jumps):
         if np.isnan(j):
@@ -37,6 +43,8 @@ def classify_jumps(jumps: np.ndarray, swaps: list[int], first: int, chunk: int, 
         else:
             key = "within_chunk"
         out[key].append(float(j))
+        if key == "within_chunk" and latent:
+            out["latent_boundary" if (f - 1) % latent == 0 else "within_latent"].append(float(j))
     return out
 
 
@@ -64,7 +72,7 @@ def main(argv=None) -> dict:
         r = run_case(engine, case, args.policy, ev, keep_frames=True)
         video = r["video"]
         jumps = M.motion_jumps(M.mask_landmarks(ev.masks(video), ev.cfg))
-        parts = classify_jumps(jumps, r["actual_swaps"], first, chunk)
+        parts = classify_jumps(jumps, r["actual_swaps"], first, chunk, latent=engine.preset.temporal_factor)
         for k, v in parts.items():
             pooled.setdefault(k, []).extend(v)
         per_case.append({"case": case.index, "swaps": r["actual_swaps"], "continuity_kp": r["continuity_kp"],

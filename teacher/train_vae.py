@@ -46,6 +46,9 @@ class LossConfig:
     l1: float = 1.0
     mse: float = 1.0
     edge: float = 0.5  # L1 on spatial finite differences: keeps edges sharp
+    # L1 on frame-to-frame differences. Per-frame losses let the decoder draw one still image per latent and jump
+    # at the next (a pixel L1 barely sees a 1-px shift); this term asks for the motion between the frames as well.
+    temporal: float = 0.0
     latent_l2: float = 1e-4  # keeps raw latents bounded so normalisation is well conditioned
 
 
@@ -131,6 +134,13 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
+def temporal_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the frame-to-frame differences of two `[B,C,T,H,W]` videos."""
+    if a.shape[2] < 2:
+        return a.new_zeros(())
+    return ((a[:, :, 1:] - a[:, :, :-1]) - (b[:, :, 1:] - b[:, :, :-1])).abs().mean()
+
+
 def make_step_fn(loss_cfg: LossConfig, ft: FinetuneConfig | None = None):
     ft = ft or FinetuneConfig()
 
@@ -145,7 +155,11 @@ def make_step_fn(loss_cfg: LossConfig, ft: FinetuneConfig | None = None):
             loss = loss + loss_cfg.latent_l2 * z.pow(2).mean()
         if loss_cfg.edge:
             loss = loss + loss_cfg.edge * edge_l1(recon, video)
-        return {"loss": loss, "l1": l1.detach(), "psnr_train": psnr(mse.detach())}
+        out = {"loss": loss, "l1": l1.detach(), "psnr_train": psnr(mse.detach())}
+        if loss_cfg.temporal:
+            tl = temporal_l1(recon, video)
+            out.update(loss=loss + loss_cfg.temporal * tl, temporal_l1=tl.detach())
+        return out
 
     return step_fn
 
@@ -170,6 +184,26 @@ def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int, nois
         y = vae.decode(z)
         scores += [psnr((y[j] - x[j]).pow(2).mean()) for j in range(x.shape[0])]
     return sum(scores) / len(scores)
+
+
+def latent_step_ratio(video: torch.Tensor, temporal_factor: int) -> float:
+    """Mean |frame difference| onto the first frame of each latent group, over the mean onto the other frames
+    (`[B,C,T,H,W]`, T = 1 + tf*k). Smooth motion gives ~1; a decoder that holds each latent still and jumps at the
+    next gives >> 1."""
+    d = (video[:, :, 1:] - video[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))  # d[i]: frame i -> i + 1
+    onto_first = torch.tensor([i % temporal_factor == 0 for i in range(d.shape[0])])
+    if onto_first.all() or not onto_first.any():
+        return float("nan")
+    return float(d[onto_first].mean() / d[~onto_first].mean().clamp_min(1e-8))
+
+
+@torch.no_grad()
+def evaluate_step_ratio(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> float:
+    """`latent_step_ratio` of held-out reconstructions (the clips themselves score ~1)."""
+    vae.eval()
+    recs = [vae.decode(vae.encode_video(torch.stack(clips[i : i + batch_size]).to(vae.device)))
+            for i in range(0, len(clips), batch_size)]
+    return latent_step_ratio(torch.cat(recs), vae.temporal_factor)
 
 
 @torch.no_grad()
@@ -246,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             best_file.write_text(json.dumps({"psnr": score, "psnr_noisy": noisy, "select": select, "step": trainer.step,
                                              "samples_seen": trainer.samples_seen}))
         trainer.models["vae"].train()
-        return {"val_psnr": score, **({"val_psnr_noisy": noisy} if noisy is not None else {})}
+        return {"val_psnr": score, "val_step_ratio": evaluate_step_ratio(m, val_clips, ev.batch_size),
+                **({"val_psnr_noisy": noisy} if noisy is not None else {})}
 
     trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"], ft), train_ds, eval_fn=eval_fn)
     t0 = time.perf_counter()
@@ -260,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "val_psnr": evaluate_psnr(reloaded, val_clips, ev.batch_size),
         **({f"val_psnr_noise{ft.eval_noise:g}": evaluate_psnr(reloaded, val_clips, ev.batch_size, ft.eval_noise)}
            if ft.eval_noise else {}),
+        "val_step_ratio": evaluate_step_ratio(reloaded, val_clips, ev.batch_size),
+        "val_step_ratio_clips": latent_step_ratio(torch.stack(val_clips), reloaded.temporal_factor),
         "finetune": vars(ft),
         "best": json.loads(best_file.read_text()) if best_file.is_file() else None,
         "step": trainer.step,

@@ -135,3 +135,22 @@ def test_eval_table_cache_keys_and_paired_differences(tmp_path):
     assert "+0.100 [+0.100, +0.100]" in row[0] and "+1.000 [+1.000, +1.000]" in row[0]
     assert "+0.500 [" in row[0]
     assert paired_table([("base", base)], "base") == ""
+
+
+def test_swap_jumps_files_each_jump_under_the_frame_it_lands_on():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from swap_jumps import classify_jumps
+
+    # first chunk 9 frames (latents 0..2), then 12-frame chunks; tf = 4; a swap lands on frame 21
+    jumps = np.arange(32, dtype=float)  # jumps[i] lands on frame i + 1
+    parts = classify_jumps(jumps, [21], first=9, chunk=12, after=2, latent=4)
+    assert parts["swap"] == [20.0]
+    assert parts["after_swap"] == [21.0, 22.0]
+    assert parts["chunk_boundary"] == [8.0]  # frame 33 (the next boundary) is past the end
+    lb = [f + 1 for f in map(int, parts["latent_boundary"])]
+    assert lb == [1, 5, 13, 17, 25, 29]  # latent starts that are neither chunk starts nor the swap
+    assert sorted(parts["latent_boundary"] + parts["within_latent"]) == parts["within_chunk"]
+    assert "latent_boundary" not in classify_jumps(jumps, [], 9, 12)

@@ -202,3 +202,23 @@ def test_max_minutes_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
 def test_max_minutes_must_not_be_negative():
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig(max_minutes=-1.0)
+
+
+def test_latent_step_ratio_and_temporal_loss_see_held_then_jumping_frames():
+    """A bar moving 1 px every frame scores ~1; the same motion drawn as one still image per latent group
+    (held for `tf` frames, then a jump) scores >> 1, and the temporal loss sees the difference that pixel losses
+    barely weigh."""
+    from teacher.train_vae import latent_step_ratio, temporal_l1
+
+    tf, t, w = 4, 13, 32
+    smooth = -torch.ones(1, 3, t, 8, w)
+    held = -torch.ones(1, 3, t, 8, w)
+    for i in range(t):
+        smooth[:, :, i, :, i: i + 4] = 1.0
+        j = 0 if i == 0 else 1 + tf * ((i - 1) // tf) + tf - 1  # each group shows its last frame
+        held[:, :, i, :, j: j + 4] = 1.0
+    assert latent_step_ratio(smooth, tf) == pytest.approx(1.0)
+    assert latent_step_ratio(held, tf) > 10
+    assert temporal_l1(smooth, smooth) == 0
+    assert temporal_l1(held, smooth) > 0
+    assert temporal_l1(smooth[:, :, :1], held[:, :, :1]) == 0
