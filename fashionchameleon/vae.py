@@ -237,7 +237,10 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
     latent 0 keeps only its last frame. The stream decoder carries those previous latents, so chunked decode
     equals one-shot decode exactly. `shortcut`: a parameter-free path puts each cell's mean colour in the first
     latent channels and adds it back (upsampled) to the decoder output, so the nets learn residuals (trains
-    several times faster).
+    several times faster). `shortcut_motion`: the decoder's shortcut moves each cell's colour linearly across the
+    group's frames, along the change from the previous latent, instead of holding it for all of them. A held
+    shortcut makes the decoder draw each latent's frames as one still image and jump at the next latent
+    (docs/TRAINING.md, run 10); the encoder is the same either way.
     Level channels run from the latent resolution upwards: `base_channels * channel_mult[i]`.
     """
 
@@ -255,6 +258,7 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         num_res_blocks: int = 1,
         context_latents: int = 1,
         shortcut: bool = True,
+        shortcut_motion: bool = False,
         latents_mean: float | list[float] = 0.0,
         latents_std: float | list[float] = 1.0,
     ):
@@ -266,6 +270,8 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"context_latents must be >= 0, got {context_latents}")
         if temporal_factor < 1:
             raise ValueError(f"temporal_factor must be >= 1, got {temporal_factor}")
+        if shortcut_motion and not (shortcut and context_latents >= 1):
+            raise ValueError("shortcut_motion needs shortcut=True and context_latents >= 1 (the previous latent)")
         mult = list(channel_mult) if channel_mult is not None else [2] * (levels - 1) + [1]
         if len(mult) != levels:
             raise ValueError(f"channel_mult needs {levels} entries for spatial_factor {spatial_factor}, got {mult}")
@@ -355,6 +361,22 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         x = torch.cat(parts, dim=1)  # [B, z*(1+k), f, h, w]
         return x.transpose(1, 2).reshape(b * f, c * (k + 1), h, w)
 
+    def _shortcut_frames(self, z: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """[B,z,f,h,w] -> [B*f, tf*c, H, W]: each frame's block colour, upsampled by nearest neighbour."""
+        b, _, f, h, w = z.shape
+        tf, c = self.temporal_factor, self.config.in_channels
+        col = z[:, :c]
+        cols = col.unsqueeze(3).expand(b, c, f, tf, h, w)
+        if self.config.shortcut_motion:
+            # a latent's colour is its group's mean, i.e. the colour at the group's middle frame; the frames around
+            # it follow the change since the previous latent (one group earlier), extrapolated causally
+            before = col[:, :, :1] if prev is None else prev[:, :c, -1:]
+            slope = col - torch.cat([before, col[:, :, :-1]], dim=2)
+            offs = (torch.arange(tf, device=z.device, dtype=z.dtype) - (tf - 1) / 2) / tf
+            cols = cols + slope.unsqueeze(3) * offs.view(1, 1, 1, tf, 1, 1)
+        cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(b * f, tf * c, h, w)
+        return F.interpolate(cols, scale_factor=self.spatial_factor, mode="nearest")
+
     def decode_raw(self, z: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         """Unclamped decode of raw latents. `prev`: raw latents before this chunk (None: z starts the stream, so
         latent 0 yields 1 frame; otherwise every latent yields temporal_factor frames)."""
@@ -365,8 +387,7 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
             return z.new_zeros(b, c, 0, h * self.spatial_factor, w * self.spatial_factor)
         y = self.decoder(self._with_context(z, prev))
         if self.config.shortcut:  # add back the block colour carried by the first latent channels
-            col = z[:, :c].transpose(1, 2).reshape(b * f, c, h, w)
-            y = y + F.interpolate(col, scale_factor=self.spatial_factor, mode="nearest").repeat(1, tf, 1, 1)
+            y = y + self._shortcut_frames(z, prev)
         y = y.reshape(b, f, tf, c, *y.shape[-2:]).permute(0, 3, 1, 2, 4, 5)  # [B,C,f,tf,H,W]
         y = y.reshape(b, c, f * tf, *y.shape[-2:])
         return y[:, :, tf - 1 :] if prev is None else y

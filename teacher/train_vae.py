@@ -77,6 +77,8 @@ class FinetuneConfig:
     # in the diffusion model's normalised units); 0 = plain reconstruction
     latent_noise: float = 0.0
     eval_noise: float = 0.2  # also report val PSNR when the latents carry this much noise
+    # config keys of `init` to change before fine-tuning; only ones that add no weights (e.g. shortcut_motion)
+    overrides: dict | None = None
 
     def __post_init__(self):
         if self.latent_noise < 0 or self.eval_noise < 0:
@@ -243,6 +245,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not isinstance(vae, FastVAE):
             raise ValueError(f"finetune.init must be a FastVAE folder, got {type(vae).__name__}")
         init_stats = (vae.config.latents_mean, vae.config.latents_std)  # exported unchanged
+        if ft.overrides:
+            unknown = set(ft.overrides) - set(vae.config)
+            if unknown:
+                raise ValueError(f"finetune.overrides: unknown FastVAE config keys {sorted(unknown)}")
+            # diffusers' private keys (`_use_default_values`) would reset the overridden ones to their defaults
+            base = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+            changed = FastVAE.from_config({**base, **ft.overrides})
+            changed.load_state_dict(vae.state_dict())  # strict: an override that changes the weights fails here
+            vae = changed
     else:
         vae = FastVAE(**cfg["model"])
     if ft.freeze_encoder:

@@ -141,13 +141,15 @@ def test_vae_decoder_finetune_keeps_latent_space(tmp_path):
     base = tmp_path / "base"
     main(["--config", "teacher/configs/vae_smoke.yaml", "--smoke", "--out", str(base)])
     cfg = yaml.safe_load(open("teacher/configs/vae_smoke.yaml"))
-    cfg["finetune"] = {"init": str(base / "final"), "freeze_encoder": True, "latent_noise": 0.5, "eval_noise": 0.2}
+    cfg["finetune"] = {"init": str(base / "final"), "freeze_encoder": True, "latent_noise": 0.5, "eval_noise": 0.2,
+                       "overrides": {"shortcut_motion": True}}
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
     report = main(["--config", str(tmp_path / "ft.yaml"), "--smoke", "--out", str(tmp_path / "ft")])
     assert report["step"] == 6 and report["val_psnr_noise0.2"] < report["val_psnr"]
     a = json.loads((base / "final" / "config.json").read_text())
     b = json.loads((tmp_path / "ft" / "final" / "config.json").read_text())
     assert a["latents_mean"] == b["latents_mean"] and a["latents_std"] == b["latents_std"]
+    assert b["shortcut_motion"] is True and a.get("shortcut_motion", False) is False
     wa = load_file(str(base / "final" / "diffusion_pytorch_model.safetensors"))
     wb = load_file(str(tmp_path / "ft" / "final" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("encoder."))

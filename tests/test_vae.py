@@ -119,11 +119,12 @@ def test_fast_shapes_and_frame_rule():
     torch.testing.assert_close((raw - 0.5) / 2.0, z)
 
 
-@pytest.mark.parametrize("context,shortcut", [(0, True), (1, True), (2, True), (1, False)])
+@pytest.mark.parametrize("context,shortcut,motion", [(0, True, False), (1, True, False), (2, True, False),
+                                                     (1, False, False), (1, True, True), (2, True, True)])
 @pytest.mark.parametrize("chunks", [[1, 2, 3], [3, 3], [2, 1, 1, 2]])
-def test_fast_stream_decode_matches_one_shot(chunks, context, shortcut):
+def test_fast_stream_decode_matches_one_shot(chunks, context, shortcut, motion):
     torch.manual_seed(0)
-    v = FastVAE(**FAST, context_latents=context, shortcut=shortcut).eval()
+    v = FastVAE(**FAST, context_latents=context, shortcut=shortcut, shortcut_motion=motion).eval()
     for m in v.modules():  # re-init the zero-initialised residual convs so every block does something
         if isinstance(m, torch.nn.Conv2d):
             m.reset_parameters()
@@ -141,6 +142,26 @@ def test_fast_stream_decode_matches_one_shot(chunks, context, shortcut):
         z2 = z.clone()
         z2[:, :, 1] += 1.0
         assert not torch.allclose(v.decode(z2)[:, :, 5:9], ref[:, :, 5:9])
+
+
+def test_fast_motion_shortcut_moves_colour_across_a_group():
+    """With the decoder's nets at zero, the held shortcut draws a latent's frames as one colour and steps at the
+    next latent; the motion shortcut ramps linearly through the change, so consecutive frames differ equally."""
+    with pytest.raises(ValueError, match="shortcut_motion"):
+        FastVAE(**FAST, context_latents=0, shortcut_motion=True)
+    z = torch.zeros(1, 8, 4, 2, 2)
+    z[:, :3] = torch.tensor([0.0, 0.4, 0.8, 1.2]).view(1, 1, 4, 1, 1)  # colour rises by 0.4 per latent
+    means = {}
+    for motion in (False, True):
+        v = FastVAE(**FAST, context_latents=1, shortcut_motion=motion).eval()
+        for p in v.decoder.parameters():
+            torch.nn.init.zeros_(p)
+        with torch.no_grad():
+            means[motion] = v.decode_raw(z)[0, 0].mean(dim=(1, 2))  # 1 + 4*3 frames
+    held, moving = means[False].diff(), means[True].diff()
+    torch.testing.assert_close(held[[0, 4, 8]], torch.full((3,), 0.4))  # one step per latent ...
+    torch.testing.assert_close(held[[1, 2, 3, 5, 6, 7, 9, 10, 11]], torch.zeros(9))  # ... and still frames between
+    torch.testing.assert_close(moving[1:], torch.full((11,), 0.1))  # 0.4 per latent, spread over its 4 frames
 
 
 def test_fast_save_load_and_factories(tmp_path):
