@@ -237,8 +237,8 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
     latent 0 keeps only its last frame. The stream decoder carries those previous latents, so chunked decode
     equals one-shot decode exactly. `shortcut`: a parameter-free path puts each cell's mean colour in the first
     latent channels and adds it back (upsampled) to the decoder output, so the nets learn residuals (trains
-    several times faster). `shortcut_motion`: the decoder's shortcut moves each cell's colour linearly across the
-    group's frames, along the change from the previous latent, instead of holding it for all of them. A held
+    several times faster). `shortcut_motion`: the decoder's shortcut ramps each cell's colour linearly across the
+    group's frames, from the previous latent's colour to this one's, instead of holding it for all of them. A held
     shortcut makes the decoder draw each latent's frames as one still image and jump at the next latent
     (docs/TRAINING.md, run 10); the encoder is the same either way.
     Level channels run from the latent resolution upwards: `base_channels * channel_mult[i]`.
@@ -368,11 +368,12 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         col = z[:, :c]
         cols = col.unsqueeze(3).expand(b, c, f, tf, h, w)
         if self.config.shortcut_motion:
-            # a latent's colour is its group's mean, i.e. the colour at the group's middle frame; the frames around
-            # it follow the change since the previous latent (one group earlier), extrapolated causally
+            # ramp from the previous latent's colour to this one's, reaching it at the group's last frame: causal
+            # and monotonic, so a jittery latent sequence is not overshot (centred extrapolation doubled the
+            # generated streams' flicker, docs/TRAINING.md run 10); the price is ~tf/2 frames of lag
             before = col[:, :, :1] if prev is None else prev[:, :c, -1:]
             slope = col - torch.cat([before, col[:, :, :-1]], dim=2)
-            offs = (torch.arange(tf, device=z.device, dtype=z.dtype) - (tf - 1) / 2) / tf
+            offs = torch.arange(1, tf + 1, device=z.device, dtype=z.dtype) / tf - 1.0
             cols = cols + slope.unsqueeze(3) * offs.view(1, 1, 1, tf, 1, 1)
         cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(b * f, tf * c, h, w)
         return F.interpolate(cols, scale_factor=self.spatial_factor, mode="nearest")
