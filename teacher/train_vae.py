@@ -46,8 +46,8 @@ class LossConfig:
     l1: float = 1.0
     mse: float = 1.0
     edge: float = 0.5  # L1 on spatial finite differences: keeps edges sharp
-    # L1 on frame-to-frame differences. Per-frame losses let the decoder draw one still image per latent and jump
-    # at the next (a pixel L1 barely sees a 1-px shift); this term asks for the motion between the frames as well.
+    # L1 on frame-to-frame differences. Alone it makes a held decoder hold more (run 10: where the decoder cannot
+    # place a moving edge, L1's optimum is no change); it is used with `FastVAE.shortcut_motion`.
     temporal: float = 0.0
     latent_l2: float = 1e-4  # keeps raw latents bounded so normalisation is well conditioned
 
@@ -191,7 +191,8 @@ def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int, nois
 def latent_step_ratio(video: torch.Tensor, temporal_factor: int) -> float:
     """Mean |frame difference| onto the first frame of each latent group, over the mean onto the other frames
     (`[B,C,T,H,W]`, T = 1 + tf*k). Smooth motion gives ~1; a decoder that holds each latent still and jumps at the
-    next gives >> 1."""
+    next gives >> 1. A monitor only: less noise inside a group also raises it, so judge motion with
+    benchmarks/vae_motion.py (landmarks)."""
     d = (video[:, :, 1:] - video[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))  # d[i]: frame i -> i + 1
     onto_first = torch.tensor([i % temporal_factor == 0 for i in range(d.shape[0])])
     if onto_first.all() or not onto_first.any():
