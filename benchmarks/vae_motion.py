@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fashionchameleon import metrics as M
-from fashionchameleon.data.world import MannequinWorld
-from fashionchameleon.evaluate import CaseAssets, Evaluator, build_cases
-from fashionchameleon.vae import load_vae, pixel_frames
-from swap_jumps import classify_jumps
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # teacher/ (the VAE trainer's PSNR)
+
+from fashionchameleon import metrics as M  # noqa: E402
+from fashionchameleon.data.world import MannequinWorld  # noqa: E402
+from fashionchameleon.evaluate import CaseAssets, Evaluator, build_cases  # noqa: E402
+from fashionchameleon.imageops import to_uint8_frames  # noqa: E402
+from fashionchameleon.vae import load_vae, pixel_frames  # noqa: E402
+from swap_jumps import classify_jumps  # noqa: E402
+from teacher.train_vae import psnr  # noqa: E402
 
 KEYS = ("latent_boundary", "within_latent", "chunk_boundary")
 
@@ -54,10 +60,9 @@ def main(argv=None) -> dict:
         videos = {"ground truth": frames}
         for name, vae in vaes.items():
             with torch.no_grad():
-                rec = vae.decode(vae.encode_video(x))[0]
-            videos[name] = ((rec.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-            mse = np.mean((videos[name].astype(np.float64) - frames) ** 2)
-            psnrs[name].append(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+                rec = vae.decode(vae.encode_video(x))
+            videos[name] = to_uint8_frames(rec)
+            psnrs[name].append(psnr((rec - x).pow(2).mean()))
         for name, v in videos.items():
             jumps = M.motion_jumps(M.mask_landmarks(ev.masks(v), ev.cfg))
             for k, vals in classify_jumps(jumps, [], first, chunk, latent=tf).items():

@@ -173,19 +173,28 @@ def psnr(mse: torch.Tensor | float) -> float:
 
 
 @torch.no_grad()
-def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int, noise: float = 0.0) -> float:
-    """Mean held-out PSNR of encode -> decode; with `noise`, the latents get that much noise (fixed seed)."""
+def reconstruct(vae: FastVAE, clips: list[torch.Tensor], batch_size: int, noise: float = 0.0) -> torch.Tensor:
+    """Encode -> decode of `clips` (stacked); with `noise`, the latents get that much noise (fixed seed)."""
     vae.eval()
-    scores = []
     g = torch.Generator().manual_seed(0)
+    out = []
     for i in range(0, len(clips), batch_size):
-        x = torch.stack(clips[i : i + batch_size]).to(vae.device)
-        z = vae.encode_video(x)
+        z = vae.encode_video(torch.stack(clips[i : i + batch_size]).to(vae.device))
         if noise:
             z = z + noise * torch.randn(z.shape, generator=g).to(z)
-        y = vae.decode(z)
-        scores += [psnr((y[j] - x[j]).pow(2).mean()) for j in range(x.shape[0])]
-    return sum(scores) / len(scores)
+        out.append(vae.decode(z))
+    return torch.cat(out)
+
+
+def clip_psnr(recon: torch.Tensor, clips: list[torch.Tensor]) -> float:
+    """Mean per-clip PSNR of a `reconstruct` output against its clips."""
+    x = torch.stack(clips).to(recon.device)
+    return sum(psnr((recon[j] - x[j]).pow(2).mean()) for j in range(len(clips))) / len(clips)
+
+
+def evaluate_psnr(vae: FastVAE, clips: list[torch.Tensor], batch_size: int, noise: float = 0.0) -> float:
+    """Mean held-out PSNR of encode -> decode; with `noise`, the latents get that much noise (fixed seed)."""
+    return clip_psnr(reconstruct(vae, clips, batch_size, noise), clips)
 
 
 def latent_step_ratio(video: torch.Tensor, temporal_factor: int) -> float:
@@ -198,15 +207,6 @@ def latent_step_ratio(video: torch.Tensor, temporal_factor: int) -> float:
     if onto_first.all() or not onto_first.any():
         return float("nan")
     return float(d[onto_first].mean() / d[~onto_first].mean().clamp_min(1e-8))
-
-
-@torch.no_grad()
-def evaluate_step_ratio(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> float:
-    """`latent_step_ratio` of held-out reconstructions (the clips themselves score ~1)."""
-    vae.eval()
-    recs = [vae.decode(vae.encode_video(torch.stack(clips[i : i + batch_size]).to(vae.device)))
-            for i in range(0, len(clips), batch_size)]
-    return latent_step_ratio(torch.cat(recs), vae.temporal_factor)
 
 
 @torch.no_grad()
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
         m = current_model(trainer)
-        score = evaluate_psnr(m, val_clips, ev.batch_size)
+        recon = reconstruct(m, val_clips, ev.batch_size)  # clean: scored for PSNR and the step ratio
+        score = clip_psnr(recon, val_clips)
         noisy = evaluate_psnr(m, val_clips, ev.batch_size, ft.eval_noise) if ft.eval_noise else None
         # a noise-trained decoder is judged on clean and noisy latents alike
         select = score if not ft.latent_noise or noisy is None else 0.5 * (score + noisy)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             best_file.write_text(json.dumps({"psnr": score, "psnr_noisy": noisy, "select": select, "step": trainer.step,
                                              "samples_seen": trainer.samples_seen}))
         trainer.models["vae"].train()
-        return {"val_psnr": score, "val_step_ratio": evaluate_step_ratio(m, val_clips, ev.batch_size),
+        return {"val_psnr": score, "val_step_ratio": latent_step_ratio(recon, m.temporal_factor),
                 **({"val_psnr_noisy": noisy} if noisy is not None else {})}
 
     trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"], ft), train_ds, eval_fn=eval_fn)
@@ -303,11 +304,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     final = current_model(trainer)
     export(final, out / "final", stats_of(final))
     reloaded = load_vae(out / "final")
+    recon = reconstruct(reloaded, val_clips, ev.batch_size)
     report = {
-        "val_psnr": evaluate_psnr(reloaded, val_clips, ev.batch_size),
+        "val_psnr": clip_psnr(recon, val_clips),
         **({f"val_psnr_noise{ft.eval_noise:g}": evaluate_psnr(reloaded, val_clips, ev.batch_size, ft.eval_noise)}
            if ft.eval_noise else {}),
-        "val_step_ratio": evaluate_step_ratio(reloaded, val_clips, ev.batch_size),
+        "val_step_ratio": latent_step_ratio(recon, reloaded.temporal_factor),
         "val_step_ratio_clips": latent_step_ratio(torch.stack(val_clips), reloaded.temporal_factor),
         "finetune": vars(ft),
         "best": json.loads(best_file.read_text()) if best_file.is_file() else None,
