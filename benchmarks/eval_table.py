@@ -87,10 +87,11 @@ def accuracy_table(acc: dict | None) -> str:
 
 
 def _case_values(res: dict) -> dict[str, dict[int, float]]:
-    """Per-case means of the paired metrics: fidelity (all segments), swap success (post-swap segments), flicker."""
+    """Per-case means of the paired metrics: fidelity (all segments), swap success (post-swap segments), flicker,
+    and the log of landmark continuity (its mean over the case's swaps; a ratio, so it is compared in logs)."""
     import math
 
-    out: dict[str, dict[int, float]] = {"fidelity": {}, "swap_success": {}, "flicker": {}}
+    out: dict[str, dict[int, float]] = {"fidelity": {}, "swap_success": {}, "flicker": {}, "log_continuity": {}}
 
     def mean(v):
         v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
@@ -100,7 +101,9 @@ def _case_values(res: dict) -> dict[str, dict[int, float]]:
         segs = c.get("segments", [])
         for k, v in (("fidelity", mean([g["fidelity"] for g in segs])),
                      ("swap_success", mean([g["success"] for g in segs[1:]])),
-                     ("flicker", c.get("flicker"))):
+                     ("flicker", c.get("flicker")),
+                     ("log_continuity", mean([math.log(x) for x in c.get("continuity_kp") or []
+                                              if x is not None and math.isfinite(x) and x > 0]))):
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 out[k][c["case"]] = float(v)
     return out
@@ -108,19 +111,21 @@ def _case_values(res: dict) -> dict[str, dict[int, float]]:
 
 def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, seed: int = 0) -> str:
     """Each model minus `base` under the same policy, on the same cases: mean difference and a 95 % bootstrap
-    interval over cases (the cases are shared, so the pairing removes the case-to-case spread)."""
+    interval over cases (the cases are shared, so the pairing removes the case-to-case spread). Landmark continuity
+    is a ratio (swap jump over the stream's usual jump), so its column is the geometric mean of the per-case ratios
+    model / base: ×1 is no change, below 1 a smaller swap jump."""
     import numpy as np
 
     by = {(name, r.get("policy")): _case_values(r) for name, r in rows}
     lines = ["| model − " + base + " | policy | cases | Δ garment fidelity [95 % CI] | Δ swap success [95 % CI] | "
-             "Δ flicker [95 % CI] |", "|---|---|---|---|---|---|"]
+             "Δ flicker [95 % CI] | continuity ratio (landmarks) [95 % CI] |", "|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(seed)
     for (name, policy), vals in by.items():
         if name == base or (base, policy) not in by:
             continue
         ref = by[(base, policy)]
         cells, n_cases = [], 0
-        for k in ("fidelity", "swap_success", "flicker"):
+        for k in ("fidelity", "swap_success", "flicker", "log_continuity"):
             common = sorted(set(vals[k]) & set(ref[k]))
             if not common:
                 cells.append("–")
@@ -128,7 +133,10 @@ def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, s
             d = np.array([vals[k][i] - ref[k][i] for i in common])
             boot = d[rng.integers(0, len(d), (samples, len(d)))].mean(axis=1)
             lo, hi = np.percentile(boot, [2.5, 97.5])
-            cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            if k == "log_continuity":
+                cells.append(f"×{np.exp(d.mean()):.2f} [×{np.exp(lo):.2f}, ×{np.exp(hi):.2f}]")
+            else:
+                cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
             n_cases = max(n_cases, len(common))
         lines.append(f"| {name} | {policy} | {n_cases} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -93,10 +93,10 @@ def test_run_case_records_actual_swap_frames():
     assert all(0 <= a - q < chunk for a, q in zip(r["actual_swaps"], case.swap_frames))
 
 
-def _fake_result(policy, fid, succ, flick):
+def _fake_result(policy, fid, succ, flick, cont=None):
     """The shape `evaluate()` writes, reduced to what the table reads."""
     return {"policy": policy, "per_case": [
-        {"case": i, "flicker": flick[i],
+        {"case": i, "flicker": flick[i], "continuity_kp": [] if cont is None else cont[i],
          "segments": [{"fidelity": fid[i], "success": 1.0}, {"fidelity": fid[i], "success": succ[i]}]}
         for i in range(len(fid))]}
 
@@ -126,14 +126,22 @@ def test_eval_table_cache_keys_and_paired_differences(tmp_path):
     assert run_key("x", a) != before
     # paired differences: a constant +0.1 fidelity gap has a zero-width interval; unmatched policies are skipped
     n = 20
-    base = _fake_result("disentangle", [0.5] * n, [0.0] * n, [1.0] * n)
-    better = _fake_result("disentangle", [0.6] * n, [1.0] * (n // 2) + [0.0] * (n // 2), [2.0] * n)
+    base = _fake_result("disentangle", [0.5] * n, [0.0] * n, [1.0] * n, [[4.0, 16.0]] * n)
+    # continuity is a ratio: halving every swap jump is x0.50 whatever the base; a zero or NaN entry is skipped
+    better = _fake_result("disentangle", [0.6] * n, [1.0] * (n // 2) + [0.0] * (n // 2), [2.0] * n,
+                          [[2.0, 8.0, 0.0, float("nan")]] * n)
     other = _fake_result("refresh", [0.9] * n, [1.0] * n, [1.0] * n)
     md = paired_table([("base", base), ("m", better), ("m", other)], "base")
     row = [line for line in md.splitlines() if line.startswith("| m |")]
     assert len(row) == 1 and "| disentangle | 20 |" in row[0]
     assert "+0.100 [+0.100, +0.100]" in row[0] and "+1.000 [+1.000, +1.000]" in row[0]
     assert "+0.500 [" in row[0]
+    assert "×0.50 [×0.50, ×0.50]" in row[0]
+    # a model without continuity values gets a dash in that column, not a crash
+    none = _fake_result("disentangle", [0.6] * n, [1.0] * n, [1.0] * n)
+    row = [line for line in paired_table([("base", base), ("n", none)], "base").splitlines()
+           if line.startswith("| n |")]
+    assert row and row[0].rstrip().endswith("| – |")
     assert paired_table([("base", base)], "base") == ""
 
 
