@@ -25,7 +25,7 @@ from fashionchameleon.evaluate import CaseAssets, Evaluator, build_cases  # noqa
 from fashionchameleon.imageops import to_uint8_frames  # noqa: E402
 from fashionchameleon.vae import load_vae, pixel_frames  # noqa: E402
 from swap_jumps import classify_jumps  # noqa: E402
-from teacher.train_vae import psnr  # noqa: E402
+from teacher.train_vae import clip_psnr, reconstruct  # noqa: E402
 
 KEYS = ("latent_boundary", "within_latent", "chunk_boundary")
 
@@ -56,13 +56,12 @@ def main(argv=None) -> dict:
             continue
         frames, _ = CaseAssets(case, world, (h, w)).ground_truth()
         frames = frames[: pixel_frames((len(frames) - 1) // tf + 1, tf)]
-        x = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        x = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)  # one clip [C, T, H, W]
         videos = {"ground truth": frames}
         for name, vae in vaes.items():
-            with torch.no_grad():
-                rec = vae.decode(vae.encode_video(x))
+            rec = reconstruct(vae, [x], batch_size=1)
             videos[name] = to_uint8_frames(rec)
-            psnrs[name].append(psnr((rec - x).pow(2).mean()))
+            psnrs[name].append(clip_psnr(rec, [x]))
         for name, v in videos.items():
             jumps = M.motion_jumps(M.mask_landmarks(ev.masks(v), ev.cfg))
             for k, vals in classify_jumps(jumps, [], first, chunk, latent=tf).items():
