@@ -17,6 +17,7 @@ Every step updates the critic; every `gen_update_every`-th step first updates th
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from distill.dmd import dmd_gradient, score_x0, spatial_lowpass, weighted_dmd_lo
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
 from distill.rollout import draw_exit_step, rollout
 from distill.train_tf import TFMask, real_clip_loss
+from fashionchameleon.model import CausalWanTransformer3DModel
+from fashionchameleon.stream import PRESET_FILE
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             export_stage, finish_stage, stage_parser,
@@ -36,7 +39,11 @@ from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, 
 
 @dataclass
 class DMDConfig:
-    teacher: str = "runs/teacher_tiny/final"  # real score (frozen) and the critic's initialisation
+    teacher: str = "runs/teacher_tiny/final"  # real score (frozen) and, by default, the critic's initialisation
+    # critic to start from instead of the teacher: the `final_critic/` stage folder of an earlier run, or a
+    # transformer folder such as the `critic/` shipped beside a student, so a continuation keeps a critic that
+    # already tracks its generator (run 11 restarted it from the teacher and paid for its fidelity gain in flicker)
+    critic_init: str | None = None
     guidance: float = 3.0  # CFG scale of the real score
     # > 1: the real score is also guided away from the teacher's answer for a blank garment image (the letterbox
     # canvas), distilling a stronger garment condition into the student (1 = the paper's real score)
@@ -106,6 +113,26 @@ def encode_conditions(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Ten
 def blank_garment(vae, batch: dict, device) -> torch.Tensor:
     """Latents of empty product images (all white: the letterbox canvas), one per garment of the batch."""
     return blank_garment_latent(vae, pixels(batch["garment"], device, next(vae.parameters()).dtype))
+
+
+def load_critic(path: str | os.PathLike) -> torch.nn.Module:
+    """The critic's transformer from a stage folder (`final_critic/`) or a bare transformer folder (`critic/`)."""
+    p = Path(path)
+    if (p / PRESET_FILE).is_file():
+        return load_stage(p).transformer
+    if (p / "config.json").is_file():
+        return CausalWanTransformer3DModel.from_pretrained(p, use_safetensors=True).float()
+    raise FileNotFoundError(f"dmd.critic_init {str(p)!r} is neither a stage folder ({PRESET_FILE}) nor a "
+                            "transformer folder (config.json)")
+
+
+def check_critic_shape(teacher: torch.nn.Module, critic: torch.nn.Module, dmd: DMDConfig) -> None:
+    """The critic must be the teacher's architecture: both scores are read on the same noised sample."""
+    a, b = dict(teacher.config), dict(critic.config)
+    diff = sorted(k for k in set(a) | set(b) if not k.startswith("_") and a.get(k) != b.get(k))
+    if diff:
+        raise ValueError(f"dmd.critic_init {dmd.critic_init!r} is not the teacher's architecture ({dmd.teacher!r}): "
+                         + ", ".join(f"{k} {b.get(k)!r} vs {a.get(k)!r}" for k in diff))
 
 
 def rollout_length(dmd: DMDConfig, seed: int, step: int) -> int:
@@ -218,8 +245,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     comp = build_components(model_cfg)  # generator (+ the shared frozen VAE and text encoder)
     comp.text_encoder.requires_grad_(False)
     gen = TextDiT(comp.transformer, None)
-    real = TextDiT(load_stage(dmd.teacher).transformer.requires_grad_(False).eval(), None)
-    critic = TextDiT(load_stage(dmd.teacher).transformer, None)
+    teacher_comp = load_stage(dmd.teacher)
+    real = TextDiT(teacher_comp.transformer.requires_grad_(False).eval(), None)
+    critic = TextDiT(load_critic(dmd.critic_init) if dmd.critic_init else load_stage(dmd.teacher).transformer, None)
+    check_critic_shape(real.transformer, critic.transformer, dmd)
     out = Path(train_cfg.output_dir)
     data_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
 
@@ -247,6 +276,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{res['elapsed_s']:.0f} s CPU.\n")
     finish_stage(trainer, res, "generator", comp, out, card,
                  ("step", "samples_seen", "elapsed_s", "gen_loss", "critic_loss"))
+    if trainer.accelerator.is_main_process:
+        critic_card = (f"# GR-DMD critic ({comp.preset.name})\n\nFake score of the generator in `final/` after "
+                       f"{res['step']} steps (started from `{dmd.critic_init or dmd.teacher}`). Continue with "
+                       f"`dmd.critic_init: <this folder>`.\n")
+        export_stage(trainer, "critic", teacher_comp, out / "final_critic", critic_card, ema=False)
     return res
 
 

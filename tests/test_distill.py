@@ -233,6 +233,37 @@ def test_critic_warmup_delays_generator_updates(stages, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_dmd_exports_its_critic_and_a_continuation_starts_from_it(stages, tmp_path):
+    from distill.train_dmd import DMDConfig, check_critic_shape
+
+    root, _ = stages
+    train_dmd.main(_dmd_args(root, tmp_path / "a"))
+    first = load_stage(tmp_path / "a/final_critic").transformer.state_dict()
+    teacher = load_stage(root / "t/final").transformer.state_dict()
+    assert any(not torch.equal(first[k], teacher[k]) for k in first)  # the critic trained
+    # a continuation whose critic cannot move (lr 0) ends with exactly the critic it was given, not the teacher's
+    cfg = tmp_path / "cont.yaml"
+    smoke = (ROOT / "distill/configs/dmd_smoke.yaml").read_text()
+    cfg.write_text(smoke.replace("critic_lr: 1.0e-4", f"critic_lr: 0.0\n  critic_init: {tmp_path / 'a/final_critic'}"))
+    train_dmd.main(["--config", str(cfg), "--smoke", "--out", str(tmp_path / "b"), "--init", str(root / "tf/final"),
+                    "--teacher", str(root / "t/final")])
+    second = load_stage(tmp_path / "b/final_critic").transformer.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    # the bare transformer folder (what ships beside a student) loads the same weights; anything else is refused
+    from distill.train_dmd import load_critic
+
+    bare = load_critic(tmp_path / "a/final_critic/transformer").state_dict()
+    assert all(torch.equal(first[k], bare[k]) for k in first)
+    with pytest.raises(FileNotFoundError, match="neither a stage folder"):
+        load_critic(tmp_path)
+    # another architecture is refused with both names in the message
+    comp = load_stage(root / "t/final")
+    other = type(comp.transformer)(**{**{k: v for k, v in comp.transformer.config.items() if not k.startswith("_")},
+                                      "num_layers": comp.transformer.config.num_layers + 1})
+    with pytest.raises(ValueError, match="critic_init 'x'.*num_layers"):
+        check_critic_shape(comp.transformer, other, DMDConfig(critic_init="x"))
+
+
 def test_garment_guided_real_score_matches_separate_forwards(stages, tmp_path):
     """dmd.garment_guidance: the batched three-branch real score equals v_u + s_t (v_c - v_u) + (s_g - 1)(v_c - v_blank)
     from separate forwards; 1 is the plain CFG real score; a smoke run with it trains and writes a stage."""
