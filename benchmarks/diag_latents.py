@@ -6,6 +6,9 @@
     python benchmarks/diag_latents.py x0 --ckpt assets/checkpoints/teacher_tiny
     # does the VAE use its non-colour latent channels? PSNR with them zeroed
     python benchmarks/diag_latents.py channels --ckpt assets/checkpoints/teacher_tiny
+    # how much of a teacher's x0 error follows the input noise (varies between noise draws) and how much is
+    # systematic (the same for every draw), per sigma; plus the "copy the reference" baseline per latent frame
+    python benchmarks/diag_latents.py noise --ckpt assets/checkpoints/teacher_tiny --clips 6 --frames 21
 """
 
 from __future__ import annotations
@@ -84,6 +87,37 @@ def x0(a) -> dict:
     return out
 
 
+def _spatial_grad(z: torch.Tensor) -> float:
+    return float((z[..., 1:, :] - z[..., :-1, :]).pow(2).mean() + (z[..., :, 1:] - z[..., :, :-1]).pow(2).mean())
+
+
+@torch.no_grad()
+def noise(a) -> dict:
+    """x0 error split over `draws` noise draws of the same clip: the spread between draws is what the input noise
+    drives; the error of their mean is what the network gets wrong for any noise."""
+    comp = load_stage(a.ckpt)
+    tr, vae = comp.transformer.eval(), comp.vae.eval()
+    batch, prompts = _heldout(comp, a)
+    ref, gar, vid = encode_batch(vae, batch, "cpu")
+    text = comp.text_encoder(prompts).float()
+    per_frame = lambda e: [round(float(x), 3) for x in e.pow(2).mean(dim=(0, 1, 3, 4))]  # noqa: E731
+    out = {"latent_std": round(float(vid.std()), 3), "copy_reference_mse_per_frame": per_frame(vid - ref),
+           "real_spatial_grad": round(_spatial_grad(vid), 3)}
+    for s in map(float, a.sigmas.split(",")):
+        t = torch.full((vid.shape[0],), s * comp.preset.stream.num_train_timesteps)
+        preds = []
+        for d in range(a.draws):
+            xt = (1 - s) * vid + s * torch.randn(vid.shape, generator=torch.Generator().manual_seed(d))
+            preds.append(xt - s * incontext_flow(tr, ref, gar, xt, t, text))
+        p = torch.stack(preds)
+        out[f"sigma{s:g}"] = {"mse": round(float((p - vid).pow(2).mean()), 3),
+                             "noise_driven": round(float(p.var(0, unbiased=True).mean()), 3),
+                             "systematic": round(float((p.mean(0) - vid).pow(2).mean()), 3),
+                             "mse_per_frame": per_frame(p[0] - vid),
+                             "pred_spatial_grad": round(_spatial_grad(p[0]), 3)}
+    return out
+
+
 @torch.no_grad()
 def channels(a) -> dict:
     comp = load_stage(a.ckpt)
@@ -98,7 +132,7 @@ def channels(a) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["history", "x0", "channels"])
+    ap.add_argument("what", choices=["history", "x0", "channels", "noise"])
     ap.add_argument("--ckpt", required=True, help="stage folder")
     ap.add_argument("--reference", default="ref_00.png")
     ap.add_argument("--garment", default="longsleeve_hstripes_01.png")
@@ -107,11 +141,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--frames", type=int, default=33)
     ap.add_argument("--sigmas", default="0.95,0.83,0.625,0.5,0.25,0.1")
+    ap.add_argument("--draws", type=int, default=4, help="noise draws per clip (noise)")
     ap.add_argument("--colour-channels", type=int, default=3, help="FastVAE shortcut channels (mean colour)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = {"history": history, "x0": x0, "channels": channels}[a.what](a)
+    res = {"history": history, "x0": x0, "channels": channels, "noise": noise}[a.what](a)
     print(json.dumps(res))
     return res
 

@@ -61,6 +61,9 @@ dmd_pack() {  # generator EMA snapshots, two per archive (16 MB per file comes b
         tar czf "$OUT/dmd_$((i / 2)).tgz" "${PICK[@]:i:2}"; i=$((i + 2))
     done
     tar czf "$OUT/dmd_log.tgz" runs/gpu_dmd/log.csv runs/gpu_dmd/result.json 2>/dev/null
+    # the critic of the last snapshot, so a CPU continuation keeps it (dmd.critic_init; run 11 lost its own)
+    (( ${#STEPS[@]} )) && [[ -d ${STEPS[-1]}/critic ]] && tar czf "$OUT/dmd_critic.tgz" "${STEPS[-1]}/critic"
+    return 0
 }
 
 case $STAGE in
