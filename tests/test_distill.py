@@ -519,3 +519,17 @@ def test_make_stage_from_step_and_stream_overrides(stages, tmp_path, capsys):
             make_stage.main(["--like", str(out), "--out", str(tmp_path / "x")] + bad)
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_shipped_folder_fits_and_carries_the_critic_of_its_generator():
+    from distill.train_dmd import DMDConfig, check_critic_shape, load_critic
+
+    ship = ROOT / "assets/checkpoints/fashionchameleon-tiny"
+    size = sum(f.stat().st_size for f in ship.rglob("*") if f.is_file())
+    assert size <= 50 * 2**20, f"{ship} is {size / 2**20:.1f} MB (limit 50 MB)"
+    critic = load_critic(ship / "critic")
+    teacher = load_stage(ROOT / "assets/checkpoints/teacher_tiny").transformer
+    check_critic_shape(teacher, critic, DMDConfig(critic_init=str(ship / "critic")))
+    # a trained critic, not a copy of the teacher
+    a, b = teacher.state_dict(), critic.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
