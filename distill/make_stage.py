@@ -5,6 +5,9 @@
         --like runs/tf_v28/final --out runs/tf_v28_ctx/s300 [--stream context_noise=300]
     # a stage folder with streaming settings changed (the weights are copied as they are)
     python -m distill.make_stage --like runs/tf_v28_ctx/s300 --out /tmp/s300_ctx200 --stream context_noise=200
+    # a DMD run's critic at a step, in fp16 (its `transformer/` is what ships as a student's `critic/`)
+    python -m distill.make_stage --weights runs/dmd12/step_004000/critic --like assets/checkpoints/teacher_tiny \
+        --out runs/dmd12_critic_s4000 --half
 
 `--stream KEY=VALUE` (repeatable) replaces `StreamConfig` fields of the preset; values are YAML scalars and the
 result is validated like any preset, so a bad key or value fails before anything is written.
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--like", required=True, help="stage folder giving preset, VAE and architecture")
     ap.add_argument("--out", required=True)
     ap.add_argument("--stream", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--half", action="store_true", help="store the --weights in fp16 (the loaders cast back to fp32)")
     a = ap.parse_args(argv)
     like, out = Path(a.like), Path(a.out)
     if not (like / PRESET_FILE).is_file():
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     if a.weights:
         if not Path(a.weights).exists():
             ap.error(f"--weights {a.weights} not found")
-        stage_from_trainer_export(a.weights, like, out)
+        stage_from_trainer_export(a.weights, like, out, half=a.half)
     else:
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(like, out)

@@ -16,6 +16,7 @@ Every step updates the critic; every `gen_update_every`-th step first updates th
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -246,8 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     comp.text_encoder.requires_grad_(False)
     gen = TextDiT(comp.transformer, None)
     teacher_comp = load_stage(dmd.teacher)
+    critic = TextDiT(load_critic(dmd.critic_init) if dmd.critic_init else copy.deepcopy(teacher_comp.transformer), None)
     real = TextDiT(teacher_comp.transformer.requires_grad_(False).eval(), None)
-    critic = TextDiT(load_critic(dmd.critic_init) if dmd.critic_init else load_stage(dmd.teacher).transformer, None)
     check_critic_shape(real.transformer, critic.transformer, dmd)
     out = Path(train_cfg.output_dir)
     data_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))

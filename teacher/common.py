@@ -136,7 +136,7 @@ def load_stage(path: str | os.PathLike) -> Components:
 
 
 def stage_from_trainer_export(export_dir: str | os.PathLike, like: str | os.PathLike,
-                              dest: str | os.PathLike) -> Path:
+                              dest: str | os.PathLike, half: bool = False) -> Path:
     """Turn a trainer export of a `TextDiT` (`step_*/teacher_ema/` folder, or a weights file such as
     `step_*/ema_teacher_rank0.safetensors`) into a stage folder, taking the preset / VAE / architecture from
     stage folder `like`."""
@@ -149,7 +149,7 @@ def stage_from_trainer_export(export_dir: str | os.PathLike, like: str | os.Path
         part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if part:
             module.load_state_dict(part, strict=True)
-    return save_stage(dest, comp)
+    return save_stage(dest, comp, half=half)
 
 
 def save_stage(path: str | os.PathLike, comp: Components, card: str | None = None,
