@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
+from fashionchameleon.reschedule import POLICIES, parse_policy  # noqa: E402
+
 from .catalog import Catalog  # noqa: E402
 from .config import STATIC_DIR, STATIC_URL, AppConfig  # noqa: E402
 from .images import ImageError  # noqa: E402
@@ -64,6 +66,7 @@ def build_app(engine, max_sessions: int | None = None, config: AppConfig | None 
               checkpoint: str | None = None, ice_servers: str | tuple | None = None, with_ui: bool = True) -> FastAPI:
     """ASGI app serving `engine` (a fashionchameleon.stream.StreamingEngine or anything with its API)."""
     cfg = config or AppConfig()
+    parse_policy(cfg.policy)  # a typo fails at start, not when the first browser connects
     if max_sessions is not None:
         cfg = dataclasses.replace(cfg, max_sessions=int(max_sessions))
     if ice_servers is not None:
@@ -170,7 +173,8 @@ def _parse_extra(argv) -> dict:
     p = argparse.ArgumentParser(prog="fashionchameleon serve", add_help=False)
     p.add_argument("--ice-servers", default=None, help="TURN/STUN for the browser and server, e.g. "
                    "'turn:turn.example.com:3478?transport=udp|user|secret' (comma-separated or a JSON list)")
-    p.add_argument("--policy", default=None, help="swap policy (refresh, withdraw, disentangle, recache)")
+    p.add_argument("--policy", default=None, help="swap policy: " + ", ".join(sorted(POLICIES)) +
+                   ", optionally with options, e.g. anchored:restore_after=2 (docs/RESCHEDULING.md)")
     p.add_argument("--random-weights", default=None, metavar="PRESET", help="serve an untrained preset (UI testing)")
     add_garment_attention_flags(p)
     return vars(p.parse_args(list(argv or [])))

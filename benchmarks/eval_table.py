@@ -37,6 +37,7 @@ COLUMNS = (
     ("identity", "identity ↑", "mean", "{:.3f}"),
     ("body_iou", "body IoU vs GT ↑", "mean", "{:.3f}"),
     ("continuity_kp", "continuity (landmarks, median) →1", "median", "{:.2f}"),
+    ("continuity_kp_restore", "continuity at restore (landmarks, median) →1", "median", "{:.2f}"),
     ("continuity_px", "continuity (pixels, median) →oracle", "median", "{:.2f}"),
     ("flicker", "flicker ↓", "mean", "{:.2f}"),
     ("drift", "drift 50→1000 ↓", "mean", "{:+.3f}"),
@@ -109,21 +110,24 @@ def _case_values(res: dict) -> dict[str, dict[int, float]]:
     return out
 
 
-def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, seed: int = 0) -> str:
-    """Each model minus `base` under the same policy, on the same cases: mean difference and a 95 % bootstrap
+def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, seed: int = 0,
+                 base_policy: str | None = None) -> str:
+    """Each model minus `base` under the same policy (or under `base_policy` for every row, to compare policies),
+    on the same cases: mean difference and a 95 % bootstrap
     interval over cases (the cases are shared, so the pairing removes the case-to-case spread). Landmark continuity
     is a ratio (swap jump over the stream's usual jump), so its column is the geometric mean of the per-case ratios
     model / base: ×1 is no change, below 1 a smaller swap jump."""
     import numpy as np
 
     by = {(name, r.get("policy")): _case_values(r) for name, r in rows}
-    lines = ["| model − " + base + " | policy | cases | Δ garment fidelity [95 % CI] | Δ swap success [95 % CI] | "
+    lines = ["| model − " + base + (f" ({base_policy})" if base_policy else "") + " | policy | cases | Δ garment fidelity [95 % CI] | Δ swap success [95 % CI] | "
              "Δ flicker [95 % CI] | continuity ratio (landmarks) [95 % CI] |", "|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(seed)
     for (name, policy), vals in by.items():
-        if name == base or (base, policy) not in by:
+        bkey = (base, base_policy or policy)
+        if (name, policy) == bkey or bkey not in by:
             continue
-        ref = by[(base, policy)]
+        ref = by[bkey]
         cells, n_cases = [], 0
         for k in ("fidelity", "swap_success", "flicker", "log_continuity"):
             common = sorted(set(vals[k]) & set(ref[k]))
@@ -190,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--md", default=str(REPO / "docs" / "EVAL.md"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--base", default=EXPECTED_MODELS[0], help="model the paired differences are taken against")
+    ap.add_argument("--base-policy", default=None,
+                    help="take every row's differences against the base model under this policy (compares policies)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     models, missing = {}, []
@@ -246,7 +252,7 @@ def main(argv=None) -> int:
         (". Not available: " + ", ".join(missing) if missing else "") + ".",
         table(rows, missing),
         *([f"### Paired differences against the {a.base} (same cases)", paired]
-          if (paired := paired_table(rows, a.base)) else []),
+          if (paired := paired_table(rows, a.base, base_policy=a.base_policy)) else []),
         "### Evaluation model held-out accuracy",
         accuracy_table(ev.accuracy()),
     ])

@@ -90,6 +90,8 @@ def render_main(argv) -> dict:
             if due is not None:
                 session.request_swap(garments[due.garment], due.garment)
     timeline.extra["applied"] = applied
+    if session.restore_frames:  # `anchored`: where the original reference went back into its slot
+        timeline.extra["reference_restored"] = list(session.restore_frames)
     timeline.extra["garment_attention_bias"] = engine.stream_config.garment_attention_bias
     timeline.extra["garment_key_scale"] = engine.stream_config.garment_key_scale
     timeline.extra["garment_key_scale_from_layer"] = engine.stream_config.garment_key_scale_from_layer

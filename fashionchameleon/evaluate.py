@@ -149,13 +149,15 @@ def _nanmean(v) -> float:
 
 
 def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, evaluator: Evaluator,
-                settle: int, cfg: BenchConfig = BenchConfig(), gt_masks: np.ndarray | None = None) -> dict:
+                settle: int, cfg: BenchConfig = BenchConfig(), gt_masks: np.ndarray | None = None,
+                restore_frames: list[int] | None = None) -> dict:
     """All metrics of one streamed (or GT) video whose garment changes at `swap_frames` (actual frames).
 
     `gt_masks`: the world's label maps of the same schedule; they add `body_iou`, the IoU of the predicted and
     the ground-truth person silhouettes (0 where either is empty). It falls when the body dissolves, when garment
     colour floods its surroundings, or when the motion leaves the prompt's path; colour metrics miss the first
-    two."""
+    two. `restore_frames`: frames where the policy changed the cache without a swap (`anchored`); their landmark
+    jumps are scored like the swaps' (`continuity_kp_restore`)."""
     mc = evaluator.cfg
     T = len(frames)
     masks = evaluator.masks(frames)
@@ -192,12 +194,15 @@ def score_video(frames: np.ndarray, swap_frames: list[int], assets: CaseAssets, 
             "body_iou": _nanmean(body),
             "flicker": M.temporal_flicker(frames[a:b], masks[a:b], mc) if b - a > 1 else float("nan"),
         })
+    landmarks = M.mask_landmarks(masks, mc)
     out = {
         "segments": segments,
-        "continuity_kp": M.motion_continuity(M.mask_landmarks(masks, mc), swap_frames, mc),
+        "continuity_kp": M.motion_continuity(landmarks, swap_frames, mc),
         "continuity_px": M.continuity_ratio(M.frame_jumps(frames), swap_frames, mc.jump_floor_px_level),
         "flicker": M.temporal_flicker(frames, masks, mc),
     }
+    if restore_frames:
+        out["continuity_kp_restore"] = M.motion_continuity(landmarks, [f for f in restore_frames if f < T], mc)
     if T > cfg.drift_late:
         # drift needs per-frame fidelity around both points, not only every score_stride-th frame
         for t in list(range(cfg.drift_early - cfg.drift_window + 1, cfg.drift_early + 1)) + \
@@ -235,6 +240,7 @@ def run_case(engine, case: Case, policy: str, evaluator: Evaluator, cfg: BenchCo
     gen_s = time.perf_counter() - t0
     stats = session.stats()
     latencies = list(session.swap_latencies)
+    restores = list(session.restore_frames)
     session.close()
     frames = np.stack(images[:case.frames])
     gens = np.asarray(gens[:case.frames])
@@ -242,9 +248,9 @@ def run_case(engine, case: Case, policy: str, evaluator: Evaluator, cfg: BenchCo
     t1 = time.perf_counter()
     _, gt = assets.ground_truth(actual)  # the same schedule, swaps where the stream actually swapped
     res = score_video(frames, actual, assets, evaluator, settle_frames(engine) * cfg.settle_chunks, cfg,
-                      gt_masks=gt["masks"])
+                      gt_masks=gt["masks"], restore_frames=restores)
     res.update(case=case.index, long=case.long, frames=int(len(frames)), policy=policy,
-               requested_swaps=list(case.swap_frames), actual_swaps=actual,
+               requested_swaps=list(case.swap_frames), actual_swaps=actual, restore_frames=restores,
                swap_delay_frames=[a - r for a, r in zip(actual, case.swap_frames)],
                fps=stats["fps"], generate_s=gen_s, score_s=time.perf_counter() - t1,
                swap_latency_s=latencies)
@@ -297,7 +303,7 @@ def run_oracle(case: Case, evaluator: Evaluator, size: tuple[int, int], settle: 
 
 
 SUMMARY_KEYS = ("fidelity", "fidelity_first", "fidelity_after_swap", "initial_success", "swap_success",
-                "non_target", "identity", "body_iou", "continuity_kp", "continuity_px", "flicker", "drift", "fidelity_early",
+                "non_target", "identity", "body_iou", "continuity_kp", "continuity_kp_restore", "continuity_px", "flicker", "drift", "fidelity_early",
                 "fidelity_late", "swap_delay_frames", "fps", "swap_latency_s", "case_seconds")
 
 
@@ -321,6 +327,7 @@ def aggregate(results: list[dict]) -> dict:
             col["identity"].append(s["identity"])
             col["body_iou"].append(s.get("body_iou", float("nan")))  # absent in results from before it existed
         col["continuity_kp"] += r["continuity_kp"]
+        col["continuity_kp_restore"] += r.get("continuity_kp_restore", [])
         col["continuity_px"] += r["continuity_px"]
         col["flicker"].append(r["flicker"])
         if "drift" in r:

@@ -8,6 +8,7 @@ Every policy runs at a chunk boundary and leaves the cache in a documented state
 | `withdraw`    | [reference, new garment] recomputed | dropped                           | restarts (option)  |
 | `disentangle` | [re-encoded last frame, new garment]| dropped                           | restarts (option)  |
 | `recache`     | [reference, new garment] recomputed | re-written from the stored clean latents under the new garment (LongLive) | unchanged |
+| `anchored`    | as `disentangle`; `restore_after` chunks later the reference slot gets the original reference back | kept from then on | unchanged by the restore |
 
 The condition pass runs [reference, garment] together because in training the two condition frames
 attend to each other; recomputing both keeps their K/V consistent with what the student saw.
@@ -17,6 +18,7 @@ Open choices of the paper (§5.1) are options of `SwapOptions`; defaults are doc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,12 +37,20 @@ class SwapOptions:
     # which frame becomes the new reference: "last_pixel" (decode -> last RGB frame -> re-encode as an image,
     # the paper's fix) or "last_latent" (reuse the last latent frame directly: the "w/o disentangle" ablation)
     reencode: str = "last_pixel"
+    # `anchored` only: chunks after a swap at which the original reference goes back into the reference slot
+    restore_after: int = 1
+    # `anchored` only: chunks over which the reference slot moves (latent lerp) from the swap frame to the original
+    restore_chunks: int = 2
 
     def __post_init__(self):
         if self.rope_after_swap not in ("restart", "continue"):
             raise ValueError(f"rope_after_swap must be 'restart' or 'continue', got {self.rope_after_swap!r}")
         if self.reencode not in ("last_pixel", "last_latent"):
             raise ValueError(f"reencode must be 'last_pixel' or 'last_latent', got {self.reencode!r}")
+        if not isinstance(self.restore_after, int) or self.restore_after < 1:
+            raise ValueError(f"restore_after must be an int >= 1 (chunks), got {self.restore_after!r}")
+        if not isinstance(self.restore_chunks, int) or self.restore_chunks < 1:
+            raise ValueError(f"restore_chunks must be an int >= 1, got {self.restore_chunks!r}")
 
 
 class SwapPolicy:
@@ -51,6 +61,10 @@ class SwapPolicy:
 
     def apply(self, session: "StreamingSession", garment_latent: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def on_chunk(self, session: "StreamingSession", chunks_since_swap: int) -> bool:
+        """Called at every chunk boundary without a swap; returns whether it changed the cache."""
+        return False
 
 
 class Refresh(SwapPolicy):
@@ -90,6 +104,29 @@ class Disentangle(SwapPolicy):
                                  restart_positions=self.options.rope_after_swap == "restart")
 
 
+class Anchored(Disentangle):
+    """Disentangle for the swap itself, then the original reference back in its slot once the new garment is in the
+    history. Each disentangle swap re-encodes a generated frame, so without the restore every defect of that frame
+    (a blurred leg, a doubled head) becomes the identity of all later frames and compounds over swaps; after the
+    restore the cache is in the state of an ordinary stream: the user's reference (mismatched garment, as in
+    training), the new garment, and a history that already wears it."""
+
+    name = "anchored"
+
+    def apply(self, session, garment_latent):
+        super().apply(session, garment_latent)
+        self._swap_ref = session.cond_latents[0]
+
+    def on_chunk(self, session, chunks_since_swap):
+        k = chunks_since_swap - self.options.restore_after + 1  # 1 .. restore_chunks while restoring
+        if session.swap_generation == 0 or not 1 <= k <= self.options.restore_chunks:
+            return False
+        a = k / self.options.restore_chunks
+        ref = session.reference_latent if a == 1 else torch.lerp(self._swap_ref, session.reference_latent, a)
+        session.prefill(ref, session.cond_latents[1])
+        return True
+
+
 class Recache(SwapPolicy):
     """LongLive-style: re-run the stored clean history latents under the new garment."""
 
@@ -102,10 +139,34 @@ class Recache(SwapPolicy):
         session.recommit(history)
 
 
-POLICIES: dict[str, type[SwapPolicy]] = {p.name: p for p in (Refresh, Withdraw, Disentangle, Recache)}
+POLICIES: dict[str, type[SwapPolicy]] = {p.name: p for p in (Refresh, Withdraw, Disentangle, Anchored, Recache)}
 
 
-def make_policy(name: str, options: SwapOptions | None = None) -> SwapPolicy:
+def parse_policy(spec: str) -> tuple[str, SwapOptions]:
+    """`name[:field=value[:field=value...]]` -> (name, SwapOptions), e.g. "anchored:restore_after=1"."""
+    name, *pairs = spec.split(":")
     if name not in POLICIES:
         raise ValueError(f"unknown swap policy {name!r}; choose one of {sorted(POLICIES)}")
-    return POLICIES[name](options)
+    fields = {f.name: f.type for f in dataclasses.fields(SwapOptions)}
+    kw: dict[str, object] = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or key not in fields:
+            raise ValueError(f"bad policy option {pair!r} in {spec!r}; options are {sorted(fields)} (as field=value)")
+        default = getattr(SwapOptions(), key)
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(f"{raw!r} is not a boolean")
+                kw[key] = raw.lower() in ("1", "true", "yes")
+            else:
+                kw[key] = type(default)(raw)
+        except ValueError as e:
+            raise ValueError(f"bad value for {key} in {spec!r}: {e}") from e
+    return name, SwapOptions(**kw)
+
+
+def make_policy(spec: str, options: SwapOptions | None = None) -> SwapPolicy:
+    """`spec` is a policy name, optionally with options (`parse_policy`); `options` replaces them."""
+    name, parsed = parse_policy(spec)
+    return POLICIES[name](options or parsed)

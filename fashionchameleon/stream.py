@@ -254,6 +254,9 @@ class StreamingSession:
             gar = e.encode_garment(garment)
         with e.lock, torch.no_grad(), self.timer.stage("prefill"):
             self.prefill(ref, gar)
+        self.reference_latent = ref  # the user's reference; policies may put another frame in its slot
+        self.chunks_since_swap = 0
+        self.restore_frames: list[int] = []  # first frame generated after each policy cache change without a swap
         self.started = True
 
     def start(self, reference: np.ndarray, garment: np.ndarray, prompt: str = "", seed: int = 0,
@@ -335,6 +338,10 @@ class StreamingSession:
         with self._swap_lock:
             pending, self._pending = self._pending, None
         if pending is None:
+            self.chunks_since_swap += 1
+            with self.timer.stage("reschedule"):
+                if self.policy.on_chunk(self, self.chunks_since_swap):
+                    self.restore_frames.append(self.frame_index)
             return
         garment, gid, t_req = pending
         e = self.engine
@@ -342,6 +349,7 @@ class StreamingSession:
             g = e.encode_garment(garment)
         with self.timer.stage("reschedule"):
             self.policy.apply(self, g)
+        self.chunks_since_swap = 0
         self.garment_id = gid
         self.swap_generation += 1
         self._swap_t0 = t_req

@@ -81,6 +81,13 @@ def engine():
     return StreamingEngine.from_preset("tiny", device="cpu", random_weights=True)
 
 
+def test_unknown_policy_fails_at_start(engine):
+    with pytest.raises(ValueError, match="unknown swap policy"):
+        build_app(engine, config=AppConfig(policy="disentangel"), with_ui=False)
+    with pytest.raises(ValueError, match="restore_after"):
+        build_app(engine, config=AppConfig(policy="anchored:restore_after=-1"), with_ui=False)
+
+
 @pytest.mark.usefixtures("loopback_ice")
 async def test_bad_uploads_and_ids_do_not_disturb_a_live_session(engine, tmp_path):
     (tmp_path / "empty_refs").mkdir()

@@ -91,6 +91,15 @@ def test_run_case_records_actual_swap_frames():
     assert r["video"].shape[0] == 48
     chunk = E.settle_frames(eng)
     assert all(0 <= a - q < chunk for a, q in zip(r["actual_swaps"], case.swap_frames))
+    assert r["restore_frames"] == [] and "continuity_kp_restore" not in r
+
+    # anchored: each swap is followed by `restore_chunks` reference steps, one chunk apart, each scored; a newer
+    # swap cuts the restore of the previous one short
+    r = E.run_case(eng, case, "anchored:restore_after=1:restore_chunks=2", E.Evaluator())
+    ends = r["actual_swaps"][1:] + [48]
+    expect = [a + k * chunk for a, end in zip(r["actual_swaps"], ends) for k in (1, 2) if a + k * chunk < end]
+    assert expect
+    assert r["restore_frames"] == expect and len(r["continuity_kp_restore"]) == len(expect)
 
 
 def _fake_result(policy, fid, succ, flick, cont=None):
@@ -143,6 +152,10 @@ def test_eval_table_cache_keys_and_paired_differences(tmp_path):
            if line.startswith("| n |")]
     assert row and row[0].rstrip().endswith("| – |")
     assert paired_table([("base", base)], "base") == ""
+    # --base-policy: rows of another policy are taken against the base model under that policy
+    md = paired_table([("base", base), ("base", other)], "base", base_policy="disentangle")
+    row = [line for line in md.splitlines() if line.startswith("| base | refresh |")]
+    assert row and "+0.400 [+0.400, +0.400]" in row[0] and "(disentangle)" in md.splitlines()[0]
 
 
 def test_swap_jumps_files_each_jump_under_the_frame_it_lands_on():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fashionchameleon.cache import Slot
-from fashionchameleon.reschedule import POLICIES, SwapOptions
+from fashionchameleon.reschedule import POLICIES, SwapOptions, make_policy, parse_policy
 from fashionchameleon.stream import CheckpointError, StreamingEngine
 
 
@@ -100,7 +100,7 @@ def test_policy_cache_state(engine, policy):
         assert torch.equal(s.cond_latents[0], ref_latent)
     elif policy == "withdraw":
         assert s.cache.history_frames == 0 and torch.equal(s.cond_latents[0], ref_latent)
-    elif policy == "disentangle":
+    elif policy in ("disentangle", "anchored"):  # anchored swaps as disentangle; its restore is tested below
         assert s.cache.history_frames == 0
         # the new reference is the last generated frame, re-encoded as a single image
         expect = engine.encode_image_tensor(s.last_pixels)
@@ -119,6 +119,67 @@ def test_disentangle_keep_sink_option(engine):
     s.step()
     assert s.cache.sink_len == engine.stream_config.sink_frames
     assert torch.equal(sink, s.cache.slot_kv(0, Slot.SINK)[0])
+
+
+@pytest.mark.parametrize("restore_after", [1, 2])
+def test_anchored_restores_the_reference_with_history_kept(engine, restore_after):
+    s, g2 = _prepared(engine, f"anchored:restore_after={restore_after}:restore_chunks=1", chunks=3)
+    s.request_swap(g2, "g2")
+    s.step()  # the swap chunk: disentangle's state (tested above)
+    swapped_ref = _k(s, Slot.REFERENCE)
+    for _ in range(restore_after - 1):
+        s.step()
+        assert torch.equal(_k(s, Slot.REFERENCE), swapped_ref) and s.restore_frames == []
+    window, sink, hist = _k(s, Slot.WINDOW), _k(s, Slot.SINK), s.cache.history_frames
+    assert hist > 0
+    with torch.no_grad(), engine.lock:
+        s._apply_pending_swap()  # the boundary where the restore fires
+    assert s.restore_frames == [s.frame_index]
+    assert s.cache.history_frames == hist
+    assert torch.equal(_k(s, Slot.WINDOW), window) and torch.equal(_k(s, Slot.SINK), sink)
+    assert torch.equal(s.cond_latents[0], s.reference_latent)
+    # condition slots attend only to each other: the restored slot equals a fresh session's on (reference, g2)
+    ref, _, _ = images(engine, 2)
+    fresh = engine.new_session("disentangle")
+    fresh.begin(ref, g2, "waves", seed=1)
+    assert torch.allclose(_k(s, Slot.REFERENCE), _k(fresh, Slot.REFERENCE), atol=1e-6)
+    assert torch.allclose(_k(s, Slot.GARMENT), _k(fresh, Slot.GARMENT), atol=1e-6)
+    for _ in range(3):
+        s.step()
+    assert len(s.restore_frames) == 1, "the restore fires once per swap"
+    s.request_swap(images(engine, 5)[0], "g3")
+    for _ in range(restore_after + 1):
+        s.step()
+    assert len(s.restore_frames) == 2 and s.swap_generation == 2
+
+
+def test_anchored_gradual_restore_moves_the_reference_in_steps(engine):
+    s, g2 = _prepared(engine, "anchored:restore_after=1:restore_chunks=2", chunks=3)
+    s.request_swap(g2, "g2")
+    s.step()
+    swap_ref = s.cond_latents[0].clone()
+    s.step()  # its boundary moves the reference half-way
+    assert torch.allclose(s.cond_latents[0], 0.5 * (swap_ref + s.reference_latent), atol=1e-6)
+    s.step()  # and this one completes the restore
+    assert torch.equal(s.cond_latents[0], s.reference_latent)
+    assert len(s.restore_frames) == 2 and s.restore_frames[0] < s.restore_frames[1]
+
+
+def test_anchored_without_swap_never_restores(engine):
+    s, _ = _prepared(engine, "anchored:restore_after=1", chunks=4)
+    assert s.restore_frames == []
+
+
+def test_policy_spec_parsing():
+    assert parse_policy("disentangle") == ("disentangle", SwapOptions())
+    name, opt = parse_policy("anchored:restore_after=3:withdraw_sink=false")
+    assert name == "anchored" and opt.restore_after == 3 and opt.withdraw_sink is False
+    assert make_policy("anchored:restore_after=3").options.restore_after == 3
+    for bad, msg in [("nope", "unknown swap policy"), ("anchored:colour=1", "bad policy option"),
+                     ("anchored:restore_after", "bad policy option"), ("anchored:restore_after=x", "restore_after"),
+                     ("anchored:restore_after=0", ">= 1"), ("anchored:withdraw_sink=maybe", "not a boolean")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_policy(bad)
 
 
 def test_long_run_memory_is_bounded(engine):
