@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fashionchameleon.reschedule import DEFAULT_POLICY
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -27,7 +29,7 @@ class AppConfig:
     max_sessions: int = 2
     # RTCIceServer dicts ({"urls": ..., "username": ..., "credential": ...}); empty = host candidates only.
     ice_servers: tuple[dict, ...] = ()
-    policy: str = "disentangle"
+    policy: str = DEFAULT_POLICY
     default_prompt: str = "walks forward"
     default_seed: int = 0
     # Frames handed from the worker to the track: capacity in chunks; the worker steps a session

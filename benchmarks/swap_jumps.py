@@ -20,16 +20,19 @@ from fashionchameleon.evaluate import Evaluator, build_cases, load_engine, run_c
 
 
 def classify_jumps(jumps: np.ndarray, swaps: list[int], first: int, chunk: int, after: int = 2,
-                   latent: int = 0) -> dict[str, list[float]]:
+                   latent: int = 0, restores: list[int] = ()) -> dict[str, list[float]]:
     """`jumps[i]` is the move from frame i to i + 1; it is filed under the frame it lands on. Chunks start at frame
     0, `first` (the first chunk is shorter: the causal VAE's first latent is one frame), `first + chunk`, ...
     With `latent` (the VAE's temporal factor), jumps inside a chunk are split into those onto the first frame of a
     latent frame ("latent_boundary": one latent to the next, inside one denoised chunk) and the rest ("within_latent":
-    frames the decoder draws from one latent)."""
+    frames the decoder draws from one latent). `restores` (the `anchored` policy's reference steps, at chunk
+    boundaries) are filed under "restore" instead of "chunk_boundary"."""
     out: dict[str, list[float]] = {"swap": [], "after_swap": [], "chunk_boundary": [], "within_chunk": []}
     if latent:
         out.update(latent_boundary=[], within_latent=[])
-    swap_set = set(swaps)
+    if restores:
+        out["restore"] = []
+    swap_set, restore_set = set(swaps), set(restores)
     for i, j in enumerate(jumps):
         if np.isnan(j):
             continue
@@ -38,6 +41,8 @@ def classify_jumps(jumps: np.ndarray, swaps: list[int], first: int, chunk: int, 
             key = "swap"
         elif any(0 < f - s <= after for s in swaps):
             key = "after_swap"
+        elif f in restore_set:
+            key = "restore"
         elif f >= first and (f - first) % chunk == 0:
             key = "chunk_boundary"
         else:
@@ -72,11 +77,13 @@ def main(argv=None) -> dict:
         r = run_case(engine, case, args.policy, ev, keep_frames=True)
         video = r["video"]
         jumps = M.motion_jumps(M.mask_landmarks(ev.masks(video), ev.cfg))
-        parts = classify_jumps(jumps, r["actual_swaps"], first, chunk, latent=engine.preset.temporal_factor)
+        parts = classify_jumps(jumps, r["actual_swaps"], first, chunk, latent=engine.preset.temporal_factor,
+                               restores=r["restore_frames"])
         for k, v in parts.items():
             pooled.setdefault(k, []).extend(v)
         per_case.append({"case": case.index, "swaps": r["actual_swaps"], "continuity_kp": r["continuity_kp"],
-                         "swap_jump_px": parts["swap"]})
+                         "swap_jump_px": parts["swap"], "restores": r["restore_frames"],
+                         "restore_jump_px": parts.get("restore", [])})
         print(per_case[-1], flush=True)
         if case.index in strip_ids and r["actual_swaps"]:
             s = r["actual_swaps"][0]

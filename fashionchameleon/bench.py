@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .reschedule import DEFAULT_POLICY
 from .timeline import portable_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -216,7 +217,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
     p.add_argument("--frames", type=int, default=240)
     p.add_argument("--swap-every", type=int, default=96, help="frames between swaps (0 = none)")
-    p.add_argument("--policy", default="disentangle")
+    p.add_argument("--policy", default=DEFAULT_POLICY)
     p.add_argument("--warmup-chunks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

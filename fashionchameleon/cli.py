@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .reschedule import DEFAULT_POLICY
+
 
 def _load_image(path: str):
     from .data.folder import DataError, read_image
@@ -50,7 +52,7 @@ def render_main(argv) -> dict:
     p.add_argument("--frames", type=int, default=192)
     p.add_argument("--prompt", default="walks forward")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", default="disentangle")
+    p.add_argument("--policy", default=DEFAULT_POLICY)
     p.add_argument("--checkpoint", default=None)
     add_garment_attention_flags(p)
     p.add_argument("--device", default="cpu")

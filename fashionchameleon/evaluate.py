@@ -26,6 +26,7 @@ import torch
 from . import metrics as M
 from .configs import get_preset
 from .data.world import SPLIT_SEEDS, MannequinWorld
+from .reschedule import DEFAULT_POLICY
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ def run_case(engine, case: Case, policy: str, evaluator: Evaluator, cfg: BenchCo
 
 
 def stream_health(engine, reference: np.ndarray, garment: np.ndarray, prompt: str, frames: int,
-                  evaluator: Evaluator, window: int = 16, seed: int = 0, policy: str = "disentangle") -> dict:
+                  evaluator: Evaluator, window: int = 16, seed: int = 0, policy: str = DEFAULT_POLICY) -> dict:
     """Stream `frames` frames without a swap and describe the first window after the first chunk ("early") and
     the last window ("late"): person area (evaluator masks), frame contrast (pixel std), sharpness (mean
     |Laplacian|) and garment fidelity. A collapsing stream loses the person, its contrast or its garment late."""
@@ -391,8 +392,8 @@ def load_engine(checkpoint: str | None, random_weights: bool, preset: str = "tin
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fashionchameleon eval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--policy", default="disentangle",
-                    help="refresh | withdraw | disentangle | recache | oracle (score the GT renders)")
+    ap.add_argument("--policy", default=DEFAULT_POLICY,
+                    help="a swap policy (refresh, withdraw, disentangle, anchored, recache; options as in anchored:restore_after=1) or oracle (score the GT renders)")
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0, help="case-set seed (cases are deterministic in it)")
     ap.add_argument("--json", dest="json_path", default=None, help="write the full result here")

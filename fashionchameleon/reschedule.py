@@ -139,6 +139,9 @@ class Recache(SwapPolicy):
         session.recommit(history)
 
 
+# what `serve`, `render`, `bench` and new sessions use (docs/RESCHEDULING.md: measured against `disentangle`)
+DEFAULT_POLICY = "anchored"
+
 POLICIES: dict[str, type[SwapPolicy]] = {p.name: p for p in (Refresh, Withdraw, Disentangle, Anchored, Recache)}
 
 

@@ -20,7 +20,7 @@ from .cache import CacheLayout, check_key_scale_layer
 from .configs import Preset, check_resolution, get_preset
 from .imageops import fit_crop, letterbox_white, to_tensor, to_uint8_frames
 from .model import CausalWanTransformer3DModel
-from .reschedule import SwapOptions, make_policy
+from .reschedule import DEFAULT_POLICY, SwapOptions, make_policy
 from .sampling import FlowMatching
 from .text import build_text_encoder
 from .vae import build_vae, load_vae
@@ -196,14 +196,14 @@ class StreamingEngine:
     def encode_garment(self, image: np.ndarray) -> torch.Tensor:
         return self.encode_image_tensor(to_tensor(letterbox_white(image, self.height, self.width)))
 
-    def new_session(self, policy: str = "disentangle", options: SwapOptions | None = None) -> "StreamingSession":
+    def new_session(self, policy: str = DEFAULT_POLICY, options: SwapOptions | None = None) -> "StreamingSession":
         return StreamingSession(self, policy=policy, options=options)
 
 
 class StreamingSession:
     """One user's stream. Thread-safe `request_swap`; `step()` generates one chunk."""
 
-    def __init__(self, engine: StreamingEngine, policy: str = "disentangle", options: SwapOptions | None = None):
+    def __init__(self, engine: StreamingEngine, policy: str = DEFAULT_POLICY, options: SwapOptions | None = None):
         self.engine = engine
         self.policy = make_policy(policy, options)
         self.timer = StageTimer(engine.device)

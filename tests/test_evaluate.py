@@ -175,3 +175,6 @@ def test_swap_jumps_files_each_jump_under_the_frame_it_lands_on():
     assert lb == [1, 5, 13, 17, 25, 29]  # latent starts that are neither chunk starts nor the swap
     assert sorted(parts["latent_boundary"] + parts["within_latent"]) == parts["within_chunk"]
     assert "latent_boundary" not in classify_jumps(jumps, [], 9, 12)
+    # an anchored restore at the boundary frame 33 is filed apart from the ordinary boundaries
+    parts = classify_jumps(np.arange(44, dtype=float), [21], first=9, chunk=12, restores=[33])
+    assert parts["restore"] == [32.0] and parts["chunk_boundary"] == [8.0]
