@@ -178,3 +178,21 @@ def test_swap_jumps_files_each_jump_under_the_frame_it_lands_on():
     # an anchored restore at the boundary frame 33 is filed apart from the ordinary boundaries
     parts = classify_jumps(np.arange(44, dtype=float), [21], first=9, chunk=12, restores=[33])
     assert parts["restore"] == [32.0] and parts["chunk_boundary"] == [8.0]
+
+
+def test_paired_segments_by_segment_and_after_swap():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from paired_segments import after_swap_paired, by_segment
+
+    def res(after):  # 3 cases, 2-3 segments; the first segment equal, the later ones `after`
+        return {"per_case": [{"case": i, "segments": [{"identity": 0.9}] + [{"identity": after}] * (1 + i % 2)}
+                             for i in range(3)]}
+
+    a, b = res(0.7), res(0.8)
+    assert by_segment(a, "identity") == pytest.approx([0.9, 0.7, 0.7])
+    p = after_swap_paired(a, b, "identity")
+    assert p["n"] == 3 and p["mean"] == pytest.approx(0.1) and p["ci95"] == pytest.approx([0.1, 0.1])
+    assert after_swap_paired(a, b, "missing_key")["n"] == 0

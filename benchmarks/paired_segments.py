@@ -1,0 +1,71 @@
+"""Per-segment view of two cached evaluation runs (JSONs written by eval_table.py / `fashionchameleon eval --json`)
+on the same cases: the mean of each segment metric by segment index (first garment, after the first swap, after
+the second), and the paired difference B - A over the after-swap segments with a 95 % bootstrap interval.
+
+    python benchmarks/paired_segments.py A.json B.json [--json out.json]
+
+It is what shows a policy's effect that compounds over swaps (docs/EVAL.md, session 13).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+METRICS = ("fidelity", "success", "identity", "non_target", "body_iou", "flicker")
+
+
+def _mean(v) -> float:
+    v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def by_segment(res: dict, key: str) -> list[float]:
+    cases = res["per_case"]
+    n = max(len(c["segments"]) for c in cases)
+    return [_mean([c["segments"][j].get(key) for c in cases if len(c["segments"]) > j]) for j in range(n)]
+
+
+def after_swap_paired(a: dict, b: dict, key: str, samples: int = 2000, seed: int = 0) -> dict:
+    """Per case, the mean of `key` over its segments after the first; then B - A over the shared cases."""
+    def per_case(res):
+        return {c["case"]: _mean([s.get(key) for s in c["segments"][1:]]) for c in res["per_case"]
+                if len(c["segments"]) > 1}
+
+    va, vb = per_case(a), per_case(b)
+    d = np.array([vb[i] - va[i] for i in sorted(set(va) & set(vb))])
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return {"n": 0, "mean": None, "ci95": None}
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (samples, len(d)))].mean(axis=1)
+    return {"n": int(len(d)), "mean": float(d.mean()), "ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])]}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    a, b = (json.load(open(p)) for p in (args.a, args.b))
+    out = {"a": {"file": args.a, "policy": a.get("policy"), "checkpoint": a.get("checkpoint")},
+           "b": {"file": args.b, "policy": b.get("policy"), "checkpoint": b.get("checkpoint")},
+           "by_segment": {k: {"a": by_segment(a, k), "b": by_segment(b, k)} for k in METRICS},
+           "after_swap_b_minus_a": {k: after_swap_paired(a, b, k) for k in METRICS}}
+    for k in METRICS:
+        seg = out["by_segment"][k]
+        p = out["after_swap_b_minus_a"][k]
+        ci = "" if p["ci95"] is None else f" [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+        print(f"{k:11s} A by segment {' '.join(f'{x:.3f}' for x in seg['a'])} | B {' '.join(f'{x:.3f}' for x in seg['b'])}"
+              f" | after-swap B-A {p['mean'] if p['mean'] is None else format(p['mean'], '+.3f')}{ci} (n={p['n']})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
