@@ -150,7 +150,7 @@ def parse_policy(spec: str) -> tuple[str, SwapOptions]:
     name, *pairs = spec.split(":")
     if name not in POLICIES:
         raise ValueError(f"unknown swap policy {name!r}; choose one of {sorted(POLICIES)}")
-    fields = {f.name: f.type for f in dataclasses.fields(SwapOptions)}
+    fields = {f.name for f in dataclasses.fields(SwapOptions)}
     kw: dict[str, object] = {}
     for pair in pairs:
         key, eq, raw = pair.partition("=")
