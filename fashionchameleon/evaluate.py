@@ -261,20 +261,31 @@ def run_case(engine, case: Case, policy: str, evaluator: Evaluator, cfg: BenchCo
 
 
 def stream_health(engine, reference: np.ndarray, garment: np.ndarray, prompt: str, frames: int,
-                  evaluator: Evaluator, window: int = 16, seed: int = 0, policy: str = DEFAULT_POLICY) -> dict:
-    """Stream `frames` frames without a swap and describe the first window after the first chunk ("early") and
-    the last window ("late"): person area (evaluator masks), frame contrast (pixel std), sharpness (mean
-    |Laplacian|) and garment fidelity. A collapsing stream loses the person, its contrast or its garment late."""
+                  evaluator: Evaluator, window: int = 16, seed: int = 0, policy: str = DEFAULT_POLICY,
+                  swap_garments: list[np.ndarray] = (), swap_every: int = 0) -> dict:
+    """Stream `frames` frames and describe the first window after the first chunk ("early") and the last window
+    ("late"): person area (evaluator masks), frame contrast (pixel std), sharpness (mean |Laplacian|), fidelity to
+    the garment worn then, and identity (skin/hair colours against the reference). A collapsing stream loses the
+    person, its contrast or its garment late. With `swap_every`, a swap to the next of `[garment, *swap_garments]`
+    (cyclically) is requested every `swap_every` frames; "swaps" lists the frames where they took effect."""
     import cv2
 
+    worn = [garment, *swap_garments]
     session = engine.new_session(policy)
     session.begin(reference, garment, prompt, seed)
-    images = []
+    images, gens, nxt = [], [], swap_every
     while len(images) < frames:
-        images += [f.image for f in session.step()]
+        if swap_every and len(swap_garments) and len(images) >= nxt:
+            session.request_swap(worn[(nxt // swap_every) % len(worn)])
+            nxt += swap_every
+        for f in session.step():
+            images.append(f.image)
+            gens.append(f.swap_generation)
     session.close()
     video = np.stack(images[:frames])
-    g = M.GarmentReference(garment, evaluator.cfg)
+    gens = gens[:frames]
+    refs = [M.GarmentReference(w, evaluator.cfg) for w in worn]
+    ref_mask = evaluator.masks(reference)
     start = settle_frames(engine)
 
     def describe(a: int, b: int) -> dict:
@@ -284,9 +295,13 @@ def stream_health(engine, reference: np.ndarray, garment: np.ndarray, prompt: st
         return {"start": a, "end": b, "person_area": float((masks != 0).mean()),
                 "contrast": float(clip.reshape(len(clip), -1, 3).std(axis=1).mean()),
                 "sharpness": float(np.mean(lap)),
-                "fidelity": _nanmean([M.garment_fidelity(f, m, g, evaluator.cfg) for f, m in zip(clip, masks)])}
+                "fidelity": _nanmean([M.garment_fidelity(f, m, refs[gens[a + i] % len(worn)], evaluator.cfg)
+                                      for i, (f, m) in enumerate(zip(clip, masks))]),
+                "identity": _nanmean([M.identity_preservation(f, m, reference, ref_mask, evaluator.cfg)["mean"]
+                                      for f, m in zip(clip, masks)])}
 
-    return {"frames": int(len(video)), "finite": bool(np.isfinite(video).all()),
+    swaps = [int(i) for i in np.nonzero(np.diff(gens))[0] + 1]
+    return {"frames": int(len(video)), "finite": bool(np.isfinite(video).all()), "policy": policy, "swaps": swaps,
             "early": describe(start, start + window), "late": describe(frames - window, frames)}
 
 

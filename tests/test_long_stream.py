@@ -1,4 +1,5 @@
-"""The shipped 4-step student streams 1,000+ frames without collapsing (issue: streaming distillation).
+"""The shipped 4-step student streams 1,000+ frames without collapsing (issue: streaming distillation), with no
+swap and with ten.
 
 Bundled held-out assets, no swap; the evaluator describes the first window after the first chunk and the last
 window: the person must still be there (area), with its contrast, sharpness and garment, not faded or blown up.
@@ -37,3 +38,31 @@ def test_shipped_student_streams_1000_frames_without_collapse(ref_i, garment):
         assert KEEP * early[k] <= late[k] <= early[k] / KEEP, (k, early[k], late[k])
     assert early["person_area"] > 0
     assert late["fidelity"] >= early["fidelity"] - FIDELITY_DROP
+
+
+IDENTITY_DROP = 0.1
+SWAP_EVERY = 96  # 10 swaps in FRAMES
+
+
+@pytest.mark.parametrize("ref_i,garments", [
+    (0, ["longsleeve_hstripes_01.png", "tshirt_dots_04.png", "jacket_logo_11.png", "tank_vstripes_02.png",
+         "longsleeve_checks_09.png"]),
+    (3, ["tank_solid_06.png", "longsleeve_hstripes_01.png", "tshirt_dots_04.png", "jacket_logo_11.png",
+         "tank_vstripes_02.png"])])
+def test_ten_swaps_keep_the_person(ref_i, garments):
+    """Ten swaps over 1,008 frames with the default policy, cycling through five garments so that the last window
+    wears the first garment again: the late window must still match the early one, the person's identity included.
+    (The paper's `disentangle` fails this: each swap re-encodes a generated frame as the reference, and after ten
+    swaps identity has fallen by 0.19 / 0.22 here, docs/RESCHEDULING.md.)"""
+    refs = json.loads((ASSETS / "references/index.json").read_text())
+    engine = StreamingEngine.from_checkpoint(os.environ.get("FASHIONCHAMELEON_CHECKPOINT", DEFAULT_CHECKPOINT))
+    imgs = [read_image(str(ASSETS / "garments" / g)) for g in garments]
+    h = stream_health(engine, read_image(str(ASSETS / refs[ref_i]["file"])), imgs[0], refs[ref_i]["prompt"], FRAMES,
+                      Evaluator(), swap_garments=imgs[1:], swap_every=SWAP_EVERY)
+    early, late = h["early"], h["late"]
+    print(json.dumps(h))
+    assert len(h["swaps"]) == FRAMES // SWAP_EVERY and len(h["swaps"]) % len(garments) == 0
+    for k in ("person_area", "contrast", "sharpness"):
+        assert KEEP * early[k] <= late[k] <= early[k] / KEEP, (k, early[k], late[k])
+    assert late["fidelity"] >= early["fidelity"] - FIDELITY_DROP
+    assert late["identity"] >= early["identity"] - IDENTITY_DROP, (early["identity"], late["identity"])
