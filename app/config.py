@@ -33,8 +33,10 @@ class AppConfig:
     default_prompt: str = "walks forward"
     default_seed: int = 0
     # Frames handed from the worker to the track: capacity in chunks; the worker steps a session
-    # only when a whole chunk fits, so it never blocks on a full queue.
-    queue_chunks: float = 2.0
+    # only when a whole chunk fits, so it never blocks on a full queue. Every queued frame is swap latency the
+    # viewer sees; 1.5 keeps half a chunk of lead (benchmarks/app_swap_latency.py: no underruns with 2 viewers
+    # on the 2-core CPU, click-to-frame median 0.52-0.60 s against 0.73-0.85 s at 2; 1.25 underruns).
+    queue_chunks: float = 1.5
     fallback_chunk_frames: int = 4  # used only if the engine does not say
     worker_idle_wait_s: float = 0.02
     # A session whose peer never connects is dropped after this.
