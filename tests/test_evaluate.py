@@ -64,7 +64,7 @@ def test_body_iou_catches_a_body_the_colour_metrics_keep():
     assert iou_ok > 0.85 and iou_bad < iou_ok - 0.15
 
 
-@pytest.mark.parametrize("policy", ["disentangle"])
+@pytest.mark.parametrize("policy", ["disentangle", "anchored:restore_after=1:restore_chunks=2"])
 def test_smoke_main_writes_json(tmp_path, policy):
     out = tmp_path / "smoke.json"
     assert E.main(["--smoke", "--random-weights", "--policy", policy, "--json", str(out), "--quiet"]) == 0
@@ -80,6 +80,7 @@ def test_smoke_main_writes_json(tmp_path, policy):
     # a swap applies at the next chunk boundary, never before it was requested
     assert all(d >= 0 for d in case["swap_delay_frames"])
     assert res["summary"]["fidelity"]["n"] > 0
+    assert res["policy"] == policy
 
 
 def test_run_case_records_actual_swap_frames():
