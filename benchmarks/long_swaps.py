@@ -14,14 +14,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from fashionchameleon.data.folder import read_image  # noqa: E402
 from fashionchameleon.evaluate import Evaluator, stream_health  # noqa: E402
+from fashionchameleon.stream import ASSETS_DIR as ASSETS  # noqa: E402
 from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine  # noqa: E402
-from test_long_stream import ASSETS, FRAMES, SWAP_EVERY  # noqa: E402
 
+FRAMES = 1008
+SWAP_EVERY = 96  # 10 swaps in FRAMES
+# reference index -> garments cycled; five, so that after ten swaps the last window wears the first one again
 CASES = {0: ["longsleeve_hstripes_01.png", "tshirt_dots_04.png", "jacket_logo_11.png", "tank_vstripes_02.png",
              "longsleeve_checks_09.png"],
          3: ["tank_solid_06.png", "longsleeve_hstripes_01.png", "tshirt_dots_04.png", "jacket_logo_11.png",
