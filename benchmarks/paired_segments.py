@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fashionchameleon.evaluate import _nanmean as _mean  # noqa: E402
+
 METRICS = ("fidelity", "success", "identity", "non_target", "body_iou", "flicker")
-
-
-def _mean(v) -> float:
-    v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return float(np.mean(v)) if v else float("nan")
 
 
 def by_segment(res: dict, key: str) -> list[float]:

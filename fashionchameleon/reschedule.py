@@ -62,9 +62,12 @@ class SwapPolicy:
     def apply(self, session: "StreamingSession", garment_latent: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def on_chunk(self, session: "StreamingSession", chunks_since_swap: int) -> bool:
-        """Called at every chunk boundary without a swap; returns whether it changed the cache."""
+    def due(self, session: "StreamingSession", chunks_since_swap: int) -> bool:
+        """Whether `on_chunk` has work at this chunk boundary without a swap (cheap: asked every chunk)."""
         return False
+
+    def on_chunk(self, session: "StreamingSession", chunks_since_swap: int) -> None:
+        """Cache work between swaps, run only where `due` said so."""
 
 
 class Refresh(SwapPolicy):
@@ -117,14 +120,16 @@ class Anchored(Disentangle):
         super().apply(session, garment_latent)
         self._swap_ref = session.cond_latents[0]
 
+    def _step(self, chunks_since_swap: int) -> int:
+        return chunks_since_swap - self.options.restore_after + 1  # 1 .. restore_chunks while restoring
+
+    def due(self, session, chunks_since_swap):
+        return session.swap_generation > 0 and 1 <= self._step(chunks_since_swap) <= self.options.restore_chunks
+
     def on_chunk(self, session, chunks_since_swap):
-        k = chunks_since_swap - self.options.restore_after + 1  # 1 .. restore_chunks while restoring
-        if session.swap_generation == 0 or not 1 <= k <= self.options.restore_chunks:
-            return False
-        a = k / self.options.restore_chunks
+        a = self._step(chunks_since_swap) / self.options.restore_chunks
         ref = session.reference_latent if a == 1 else torch.lerp(self._swap_ref, session.reference_latent, a)
         session.prefill(ref, session.cond_latents[1])
-        return True
 
 
 class Recache(SwapPolicy):

@@ -339,12 +339,10 @@ class StreamingSession:
             pending, self._pending = self._pending, None
         if pending is None:
             self.chunks_since_swap += 1
-            with self.timer.stage("reschedule"):
-                changed = self.policy.on_chunk(self, self.chunks_since_swap)
-            if changed:
+            if self.policy.due(self, self.chunks_since_swap):  # no timer (a CUDA sync) on chunks without work
+                with self.timer.stage("reschedule"):
+                    self.policy.on_chunk(self, self.chunks_since_swap)
                 self.restore_frames.append(self.frame_index)
-            else:  # the stage means "the policy worked here" (bench averages it over those chunks)
-                self.timer.ms.pop("reschedule", None)
             return
         garment, gid, t_req = pending
         e = self.engine
