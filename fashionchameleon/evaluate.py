@@ -319,8 +319,9 @@ def run_oracle(case: Case, evaluator: Evaluator, size: tuple[int, int], settle: 
 
 
 SUMMARY_KEYS = ("fidelity", "fidelity_first", "fidelity_after_swap", "initial_success", "swap_success",
-                "non_target", "identity", "body_iou", "continuity_kp", "continuity_kp_restore", "continuity_px", "flicker", "drift", "fidelity_early",
-                "fidelity_late", "swap_delay_frames", "fps", "swap_latency_s", "case_seconds")
+                "non_target", "identity", "body_iou", "continuity_kp", "continuity_kp_restore", "continuity_px",
+                "flicker", "drift", "fidelity_early", "fidelity_late", "swap_delay_frames", "fps", "swap_latency_s",
+                "case_seconds")
 
 
 def _stat(values) -> dict:
