@@ -168,7 +168,7 @@ def _parse_extra(argv) -> dict:
     """Serve options beyond the shared CLI flags (`fashionchameleon serve ... --ice-servers ...`)."""
     import argparse
 
-    from fashionchameleon.cli import add_garment_attention_flags
+    from fashionchameleon.cli import add_stream_flags
 
     p = argparse.ArgumentParser(prog="fashionchameleon serve", add_help=False)
     p.add_argument("--ice-servers", default=None, help="TURN/STUN for the browser and server, e.g. "
@@ -176,17 +176,18 @@ def _parse_extra(argv) -> dict:
     p.add_argument("--policy", default=None, help="swap policy: " + ", ".join(sorted(POLICIES)) +
                    ", optionally with options, e.g. anchored:restore_after=2 (docs/RESCHEDULING.md)")
     p.add_argument("--random-weights", default=None, metavar="PRESET", help="serve an untrained preset (UI testing)")
-    add_garment_attention_flags(p)
+    add_stream_flags(p)
     return vars(p.parse_args(list(argv or [])))
 
 
 def load_engine(checkpoint, device: str, random_preset: str | None = None, garment_bias: float | None = None,
-                garment_key_scale: float | None = None, garment_key_scale_from_layer: int | None = None):
+                garment_key_scale: float | None = None, garment_key_scale_from_layer: int | None = None,
+                frame_interpolation: str | None = None):
     from fashionchameleon.configs import get_preset
     from fashionchameleon.stream import DEFAULT_CHECKPOINT, StreamingEngine
 
     stream = {"garment_attention_bias": garment_bias, "garment_key_scale": garment_key_scale,
-              "garment_key_scale_from_layer": garment_key_scale_from_layer}
+              "garment_key_scale_from_layer": garment_key_scale_from_layer, "frame_interpolation": frame_interpolation}
     if not random_preset and checkpoint is None and not DEFAULT_CHECKPOINT.is_dir():
         log.warning("no checkpoint at %s: serving the untrained 'tiny' preset (random weights)", DEFAULT_CHECKPOINT)
         random_preset = "tiny"
@@ -206,7 +207,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, checkpoint: str | Path | No
     extra = _parse_extra(argv)
     ice_servers = ice_servers or extra["ice_servers"] or os.environ.get("FC_ICE_SERVERS")
     engine = load_engine(checkpoint, device, extra["random_weights"], extra["garment_bias"],
-                         extra["garment_key_scale"], extra["garment_key_scale_from_layer"])
+                         extra["garment_key_scale"], extra["garment_key_scale_from_layer"],
+                         extra["frame_interpolation"])
     cfg = AppConfig(host=host, port=port)
     if extra["policy"]:
         cfg = dataclasses.replace(cfg, policy=extra["policy"])

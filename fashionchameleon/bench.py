@@ -7,8 +7,9 @@ Definitions (also in docs/BENCHMARKS.md):
 - swap_latency_s: time from `request_swap()` to the first frame generated in the new garment. The bench asks at
   a chunk boundary (best case); a request that lands mid-chunk waits for that chunk too, so the worst case is
   `swap_latency_s + chunk_ms` (reported as `swap_latency_worst_s`).
-- stage_ms: mean per chunk of each denoising pass, the cache-write pass, the VAE decode, condition encodes and
-  the swap rescheduling (the last two averaged over the chunks where they ran).
+- stage_ms: mean per chunk of each denoising pass, the cache-write pass, the VAE decode, the in-betweens
+  (`frame_interpolation`), condition encodes and the swap rescheduling (the last two averaged over the chunks where
+  they ran).
 """
 
 from __future__ import annotations
@@ -70,14 +71,17 @@ def demo_inputs(engine, seed: int = 0):
 
 
 def build_engine(args):
+    from .configs import get_preset
     from .stream import StreamingEngine
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
+    stream = {"frame_interpolation": args.frame_interpolation}
     if args.random_weights:
-        engine = StreamingEngine.from_preset(args.preset, device=device, dtype=dtype, seed=args.seed)
+        preset = get_preset(args.preset).with_stream(**stream)
+        engine = StreamingEngine.from_preset(preset, device=device, dtype=dtype, seed=args.seed)
     else:
-        engine = StreamingEngine.from_checkpoint(args.checkpoint, device=device, dtype=dtype)
+        engine = StreamingEngine.from_checkpoint(args.checkpoint, device=device, dtype=dtype, stream=stream)
     if args.vae == "fast" and engine.preset.vae.get("backend") != "fast":
         from .vae import FastVAE
 
@@ -218,6 +222,8 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, default=240)
     p.add_argument("--swap-every", type=int, default=96, help="frames between swaps (0 = none)")
     p.add_argument("--policy", default=DEFAULT_POLICY)
+    p.add_argument("--frame-interpolation", default=None, choices=["flow", "none"],
+                   help="in-betweens between latent frames (default: the checkpoint's / preset's)")
     p.add_argument("--warmup-chunks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -258,6 +264,7 @@ def main(argv=None) -> dict:
         "device_name": device_name(engine.device),
         "dtype": args.dtype,
         "policy": args.policy,
+        "frame_interpolation": engine.stream_config.frame_interpolation,
         "swap_every": args.swap_every,
         "attn": args.attn,
         "compile": args.compile,

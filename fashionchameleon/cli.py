@@ -20,7 +20,7 @@ def _load_image(path: str):
 
 
 # flag dest -> (StreamConfig field, type, help); shared by `render` and `serve` (app.server)
-GARMENT_ATTENTION_FLAGS = {
+STREAM_FLAGS = {
     "garment_bias": ("garment_attention_bias", float,
                      "attention logit added to the garment image's tokens (default: the checkpoint's; "
                      "docs/RESCHEDULING.md)"),
@@ -30,17 +30,20 @@ GARMENT_ATTENTION_FLAGS = {
     "garment_key_scale_from_layer": ("garment_key_scale_from_layer", int,
                                      "apply the key scale from this transformer layer on (default: the "
                                      "checkpoint's; 0 = all)"),
+    "frame_interpolation": ("frame_interpolation", str,
+                            "in-betweens between latent frames: flow | none (default: the checkpoint's; "
+                            "docs/RESCHEDULING.md)"),
 }
 
 
-def add_garment_attention_flags(p: argparse.ArgumentParser) -> None:
-    for dest, (_, typ, help_) in GARMENT_ATTENTION_FLAGS.items():
+def add_stream_flags(p: argparse.ArgumentParser) -> None:
+    for dest, (_, typ, help_) in STREAM_FLAGS.items():
         p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_)
 
 
-def garment_attention_overrides(values: dict) -> dict:
+def stream_overrides(values: dict) -> dict:
     """Parsed flag values -> `StreamConfig` overrides (None = keep the checkpoint's, see `Preset.with_stream`)."""
-    return {field: values.get(dest) for dest, (field, _, _) in GARMENT_ATTENTION_FLAGS.items()}
+    return {field: values.get(dest) for dest, (field, _, _) in STREAM_FLAGS.items()}
 
 
 def render_main(argv) -> dict:
@@ -54,7 +57,7 @@ def render_main(argv) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default=DEFAULT_POLICY)
     p.add_argument("--checkpoint", default=None)
-    add_garment_attention_flags(p)
+    add_stream_flags(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output .mp4 (the timeline goes next to it as .json)")
     p.add_argument("--sheet", default=None, help="also write a contact sheet PNG (a row per garment segment)")
@@ -70,7 +73,7 @@ def render_main(argv) -> dict:
 
     ref = _load_image(a.reference)
     garments = {g: _load_image(g) for g in a.garment}
-    stream = garment_attention_overrides(vars(a))
+    stream = stream_overrides(vars(a))
     engine = StreamingEngine.from_checkpoint(a.checkpoint, device=a.device, stream=stream)
     timeline = Timeline(fps=engine.fps, frames=a.frames, seed=a.seed, prompt=a.prompt, reference=a.reference,
                         policy=a.policy, checkpoint=engine.checkpoint,
@@ -97,6 +100,7 @@ def render_main(argv) -> dict:
     timeline.extra["garment_attention_bias"] = engine.stream_config.garment_attention_bias
     timeline.extra["garment_key_scale"] = engine.stream_config.garment_key_scale
     timeline.extra["garment_key_scale_from_layer"] = engine.stream_config.garment_key_scale_from_layer
+    timeline.extra["frame_interpolation"] = engine.stream_config.frame_interpolation
     save_timeline(timeline, out.with_suffix(".json"))
     if a.sheet:
         import numpy as np

@@ -10,6 +10,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+FRAME_INTERPOLATION_MODES = ("none", "flow")
+
+
+def check_interpolation(mode: str) -> str:
+    if mode not in FRAME_INTERPOLATION_MODES:
+        raise ValueError(f"frame_interpolation must be one of {FRAME_INTERPOLATION_MODES}, got {mode!r}")
+    return mode
+
 
 @dataclass
 class StreamConfig:
@@ -42,6 +50,9 @@ class StreamConfig:
     # The scale applies from this transformer layer on (0 = every layer). Early layers lay out the body, later ones
     # draw its appearance; scaling only the later ones is meant to keep the pose across a swap (docs/RESCHEDULING.md).
     garment_key_scale_from_layer: int = 0
+    # Display-side in-betweens between latent frames ("none" | "flow", fashionchameleon/interpolate.py). For VAEs
+    # that draw each latent's frames almost still (the demo FastVAE); Wan's VAEs decode real motion and keep "none".
+    frame_interpolation: str = "none"
 
     def __post_init__(self):
         self.denoising_steps = tuple(int(s) for s in self.denoising_steps)
@@ -62,6 +73,7 @@ class StreamConfig:
             raise ValueError(f"garment_attention_bias must be finite, got {self.garment_attention_bias}")
         if not (math.isfinite(self.garment_key_scale) and self.garment_key_scale > 0):
             raise ValueError(f"garment_key_scale must be a finite number > 0, got {self.garment_key_scale}")
+        check_interpolation(self.frame_interpolation)
         if self.garment_key_scale_from_layer < 0:
             raise ValueError(f"garment_key_scale_from_layer must be >= 0, got {self.garment_key_scale_from_layer}")
         if (self.garment_attention_bias or self.garment_key_scale != 1.0) and self.cond_frames < 2:
@@ -179,7 +191,8 @@ PRESETS: dict[str, Preset] = {
         # Timestep shift 1, not Wan's 5: shift grows with the token count, and a 20x16 latent grid is ~20x smaller
         # than Wan's at 480p. With 5, the 4 warped steps end at sigma 0.63 and most training draws are near-noise
         # (docs/TRAINING.md, run 3).
-        stream=StreamConfig(cache_frames=11, fps=24, timestep_shift=1.0),
+        # The FastVAE holds each latent's frames still, so the stream shows in-betweens (docs/RESCHEDULING.md).
+        stream=StreamConfig(cache_frames=11, fps=24, timestep_shift=1.0, frame_interpolation="flow"),
     ),
     "test": Preset(
         name="test",

@@ -20,6 +20,7 @@ from .cache import CacheLayout, check_key_scale_layer
 from .configs import Preset, check_resolution, get_preset
 from .imageops import fit_crop, letterbox_white, to_tensor, to_uint8_frames
 from .model import CausalWanTransformer3DModel
+from .interpolate import make_interpolator
 from .reschedule import DEFAULT_POLICY, SwapOptions, make_policy
 from .sampling import FlowMatching
 from .text import build_text_encoder
@@ -233,6 +234,7 @@ class StreamingSession:
         self.cross_cache = e.transformer.new_cross_cache()
         self.timesteps = e.fm.few_step_timesteps(cfg.denoising_steps, cfg.warp_denoising_steps)
         self.decoder = e.vae.stream_decoder()
+        self.interpolator = make_interpolator(cfg.frame_interpolation, e.preset.temporal_factor)
         self.sink_latents: list[torch.Tensor] = []
         self.window_latents: deque[torch.Tensor] = deque(maxlen=max(cfg.window_frames, 1))
         self.last_pixels: torch.Tensor | None = None
@@ -275,6 +277,7 @@ class StreamingSession:
         self.cache = None
         self.cross_cache = None
         self.decoder = None
+        self.interpolator = None
         self.sink_latents = []
         self.window_latents = deque()
 
@@ -387,6 +390,9 @@ class StreamingSession:
                 self.last_pixels = pix[:, :, -1].float()
                 self.last_latent_frame = x0[:, :, -1:]
                 images = to_uint8_frames(pix)
+            if self.interpolator is not None:
+                with self.timer.stage("interpolate"):
+                    images = self.interpolator(images)
         now = time.perf_counter()
         fps = e.fps
         frames = []
