@@ -32,7 +32,7 @@ STREAM_FLAGS = {
                                      "checkpoint's; 0 = all)"),
     "frame_interpolation": ("frame_interpolation", str,
                             "in-betweens between latent frames: flow | none (default: the checkpoint's; "
-                            "docs/RESCHEDULING.md)"),
+                            "docs/DESIGN.md)"),
 }
 
 

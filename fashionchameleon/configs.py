@@ -50,8 +50,8 @@ class StreamConfig:
     # The scale applies from this transformer layer on (0 = every layer). Early layers lay out the body, later ones
     # draw its appearance; scaling only the later ones is meant to keep the pose across a swap (docs/RESCHEDULING.md).
     garment_key_scale_from_layer: int = 0
-    # Display-side in-betweens between latent frames ("none" | "flow", fashionchameleon/interpolate.py). For VAEs
-    # that draw each latent's frames almost still (the demo FastVAE); Wan's VAEs decode real motion and keep "none".
+    # Display-side in-betweens between latent frames ("none" | "flow", docs/DESIGN.md). For VAEs that draw each
+    # latent's frames almost still (the demo FastVAE); Wan's VAEs decode real motion and keep "none".
     frame_interpolation: str = "none"
 
     def __post_init__(self):
@@ -191,7 +191,7 @@ PRESETS: dict[str, Preset] = {
         # Timestep shift 1, not Wan's 5: shift grows with the token count, and a 20x16 latent grid is ~20x smaller
         # than Wan's at 480p. With 5, the 4 warped steps end at sigma 0.63 and most training draws are near-noise
         # (docs/TRAINING.md, run 3).
-        # The FastVAE holds each latent's frames still, so the stream shows in-betweens (docs/RESCHEDULING.md).
+        # The FastVAE holds each latent's frames still, so the stream shows in-betweens (docs/DESIGN.md).
         stream=StreamConfig(cache_frames=11, fps=24, timestep_shift=1.0, frame_interpolation="flow"),
     ),
     "test": Preset(

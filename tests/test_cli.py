@@ -18,11 +18,12 @@ def test_bench_writes_required_keys(tmp_path):
     out = tmp_path / "out.json"
     main(["bench", "--preset", "test", "--device", "cpu", "--frames", "60", "--swap-every", "24",
           "--random-weights", "--json", str(out), "--baseline", "teacher", "--baseline-steps", "2",
-          "--baseline-frames", "9"])
+          "--baseline-frames", "9", "--frame-interpolation", "flow"])
     res = json.loads(out.read_text())
     assert BENCH_KEYS <= res.keys()
     assert res["fps"] > 0 and res["frames"] >= 60 and res["swaps"] >= 2
     assert {"denoise_0", "cache_write", "decode", "encode", "reschedule"} <= res["stage_ms"].keys()
+    assert res["frame_interpolation"] == "flow" and "interpolate" in res["stage_ms"]  # timed, inside the FPS
     assert res["baseline_fps"] > 0 and res["speedup"] == pytest.approx(res["fps"] / res["baseline_fps"])
 
 
@@ -48,7 +49,8 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     assert main(["render", "--reference", ref, "--garment", g1, "--garment", g2, "--swap-at", "20", "--frames",
                  "40", "--seed", "3", "--checkpoint", str(ckpt), "--out", str(out),
                  "--sheet", str(tmp_path / "sheet.png"), "--garment-bias", "0.5",
-                 "--garment-key-scale", "1.5", "--garment-key-scale-from-layer", "1"]) == 0
+                 "--garment-key-scale", "1.5", "--garment-key-scale-from-layer", "1",
+                 "--frame-interpolation", "flow"]) == 0
     frames = read_video(out)
     assert frames.shape[0] == 40
     sheet = cv2.imread(str(tmp_path / "sheet.png"))
@@ -58,6 +60,7 @@ def test_render_writes_playable_mp4_and_timeline(tmp_path, ckpt):
     assert timeline["applied"][-1]["garment"] == g2 and timeline["applied"][-1]["frame"] >= 20
     assert timeline["garment_attention_bias"] == 0.5  # the overrides reached the stream and are recorded
     assert timeline["garment_key_scale"] == 1.5 and timeline["garment_key_scale_from_layer"] == 1
+    assert timeline["frame_interpolation"] == "flow"  # the test preset's default is "none"
     assert timeline["checkpoint"] == str(ckpt)  # outside the working directory: kept as given
 
 
@@ -95,6 +98,10 @@ def test_render_rejects_a_bad_garment_bias(tmp_path, ckpt, capsys):
     rc = main(["render", "--reference", g, "--garment", g, "--frames", "10", "--out", str(tmp_path / "x.mp4"),
                "--checkpoint", str(ckpt), "--garment-key-scale", "-1"])
     assert rc == 2 and "garment_key_scale must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+    rc = main(["render", "--reference", g, "--garment", g, "--frames", "10", "--out", str(tmp_path / "x.mp4"),
+               "--checkpoint", str(ckpt), "--frame-interpolation", "rife"])
+    assert rc == 2 and "frame_interpolation must be one of" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
 
 
