@@ -390,9 +390,10 @@ class StreamingSession:
                 self.last_pixels = pix[:, :, -1].float()
                 self.last_latent_frame = x0[:, :, -1:]
                 images = to_uint8_frames(pix)
-            if self.interpolator is not None:
-                with self.timer.stage("interpolate"):
-                    images = self.interpolator(images)
+        interp = self.interpolator  # host-side work, outside the device lock; close() may clear the attribute
+        if interp is not None:
+            with self.timer.stage("interpolate"):
+                images = interp(images)
         now = time.perf_counter()
         fps = e.fps
         frames = []
