@@ -7,6 +7,8 @@ does exactly this, `tests/test_interpolate.py`), so both rows share every latent
     python benchmarks/inbetween_motion.py --cases 24 [--checkpoint DIR] [--json out.json] [--plot out.png]
 
 The plot shows one case's body-centroid track: the decoded stream's staircase, the in-betweens and the ground truth.
+It also reports how soon the new garment shows after each swap: per frame of the first swapped chunk, garment
+fidelity to the new garment minus fidelity to the old one, and the first frame where it is positive.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main(argv=None) -> dict:
     first = engine.preset.pixel_frames(engine.preset.stream.chunk_frames)
     pooled: dict[str, dict[str, list[float]]] = {"decoded": {}, "inbetweens": {}, "ground_truth": {}}
     tracks, cost = None, []
+    swap_gain: dict[str, list[list[float]]] = {"decoded": [], "inbetweens": []}
     for case in build_cases(a.cases):
         if case.long:
             continue
@@ -62,8 +65,15 @@ def main(argv=None) -> dict:
         video = r["video"]
         inb, per_frame = interpolate_video(video, tf)
         cost.append(per_frame)
-        _, gt = CaseAssets(case, world, (engine.height, engine.width)).ground_truth(r["actual_swaps"])
+        assets = CaseAssets(case, world, (engine.height, engine.width))
+        _, gt = assets.ground_truth(r["actual_swaps"])
         masks = {"decoded": ev.masks(video), "inbetweens": ev.masks(inb), "ground_truth": gt["masks"][:len(video)]}
+        refs = [M.GarmentReference(p, ev.cfg) for p in assets.products]
+        for j, s0 in enumerate(r["actual_swaps"]):
+            for k, vid in (("decoded", video), ("inbetweens", inb)):
+                swap_gain[k].append([M.garment_fidelity(vid[t], masks[k][t], refs[j + 1], ev.cfg)
+                                     - M.garment_fidelity(vid[t], masks[k][t], refs[j], ev.cfg)
+                                     for t in range(s0, min(s0 + chunk, len(vid)))])
         lms = {k: M.mask_landmarks(m, ev.cfg) for k, m in masks.items()}
         for k, lm in lms.items():
             parts = classify_jumps(M.motion_jumps(lm), r["actual_swaps"], first, chunk, latent=tf,
@@ -76,10 +86,21 @@ def main(argv=None) -> dict:
         print(case.index, case.prompt, flush=True)
     summary = {k: {cls: {"n": len(v), "median_px": float(np.median(v)), "mean_px": float(np.mean(v))}
                    for cls, v in d.items() if v} for k, d in pooled.items()}
+    swap_show = {}
+    for k, rows in swap_gain.items():
+        firsts = [next((i for i, x in enumerate(d) if x > 0), None) for d in rows]
+        shown = [f for f in firsts if f is not None]
+        swap_show[k] = {"swaps": len(rows), "new_minus_old_per_frame": np.nanmean(np.array(rows), 0).tolist(),
+                        "first_frame_new_ahead_median": float(np.median(shown)) if shown else None,
+                        "never_ahead": len(firsts) - len(shown)}
     res = {"checkpoint": a.checkpoint, "policy": a.policy, "inbetween_ms_per_frame": 1e3 * float(np.mean(cost)),
-           "summary": summary, "track": tracks}
+           "summary": summary, "swap_show": swap_show, "track": tracks}
     print(json.dumps({k: {c: round(v["median_px"], 2) for c, v in d.items()} for k, d in summary.items()}, indent=1))
     print(f"in-betweens: {res['inbetween_ms_per_frame']:.2f} ms per frame (one thread, offline)")
+    for k, d in swap_show.items():
+        print(f"{k}: new garment ahead from frame {d['first_frame_new_ahead_median']} of the swapped chunk (median of "
+              f"{d['swaps'] - d['never_ahead']}; never in {d['never_ahead']}); per frame "
+              f"{np.round(d['new_minus_old_per_frame'], 3).tolist()}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
