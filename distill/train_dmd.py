@@ -35,7 +35,7 @@ from fashionchameleon.stream import PRESET_FILE
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             export_stage, finish_stage, stage_parser,
-                            TextDiT, blank_garment_latent, incontext_flow, load_stage, pixels, plot_curves)
+                            TextDiT, blank_garment_latent, incontext_flow, load_stage, pixels, plot_curves, routed)
 
 
 @dataclass
@@ -164,7 +164,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
     blank: dict[tuple, torch.Tensor] = {}  # blank-garment latents per batch shape: constant, encoded once
 
     def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
-        gen, critic, real = ctx.models["generator"], ctx.models["critic"], ctx.models["teacher"]
+        gen, critic, real = routed(ctx, "generator"), routed(ctx, "critic"), ctx.models["teacher"]
         ref, gar = encode_conditions(vae, batch, ctx.device)
         b = ref.shape[0]
         with torch.no_grad():

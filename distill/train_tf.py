@@ -28,7 +28,7 @@ from fashionchameleon.sampling import FlowMatching
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             drop_prompts, finish_stage, stage_parser,
-                            encode_batch, export_stage, region_loss_weight, per_frame_bell_mse, plot_curves, wrap)
+                            encode_batch, export_stage, region_loss_weight, per_frame_bell_mse, plot_curves, routed, wrap)
 
 
 @dataclass
@@ -198,10 +198,9 @@ def make_step_fn(comp, data: DataConfig, tf: TFConfig = TFConfig()):
         choices = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
 
     def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
-        model = ctx.models["student"]
+        model = routed(ctx, "student")
         ref, gar, vid = encode_batch(vae, batch, ctx.device)
-        with torch.no_grad():
-            text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)
+        text = model.encode(drop_prompts(batch["prompt"], data.text_dropout), text_enc)  # trains iff model.train_text_encoder
         history = None
         if tf.self_history > 0:
             history = self_history(model.transformer, fm, masks, ref, gar, vid, text, stream.chunk_frames,

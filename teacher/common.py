@@ -514,6 +514,50 @@ class TextDiT(torch.nn.Module):
         dev = next(self.transformer.parameters()).device
         return enc(list(prompts)).to(dev)
 
+    def forward(self, *args, prompts: list[str] | None = None, frozen_text: torch.nn.Module | None = None,
+                **kwargs):
+        """The one entry point a DDP/FSDP wrapper sees: `prompts=` encodes text, anything else is a transformer
+        call. Step functions reach it through `routed`."""
+        if prompts is not None:
+            return self.encode(prompts, frozen_text)
+        return self.transformer(*args, **kwargs)
+
+
+class _RoutedTransformer:
+    """Calls go through the outer wrapper's forward; attributes (config, caches, parameters) come from the
+    transformer itself."""
+
+    def __init__(self, outer: torch.nn.Module, inner: torch.nn.Module):
+        self._outer, self._inner = outer, inner
+
+    def __call__(self, *args, **kwargs):
+        return self._outer(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+class Routed:
+    """A prepared `TextDiT` as a step function uses it (`.transformer(...)`, `.encode(...)`), with every call made
+    through the DDP/FSDP wrapper: DDP syncs gradients only of calls made through its forward, and FSDP gathers
+    the root's shards only there. A plain (single-process) module is used as it is."""
+
+    def __init__(self, model: torch.nn.Module, accelerator):
+        inner = accelerator.unwrap_model(model)
+        if not isinstance(inner, TextDiT):
+            raise TypeError(f"routed() expects a prepared TextDiT, got {type(inner).__name__}")
+        self.module = inner
+        self._outer = model
+        self.transformer = inner.transformer if model is inner else _RoutedTransformer(model, inner.transformer)
+
+    def encode(self, prompts: list[str], frozen: torch.nn.Module | None = None) -> torch.Tensor:
+        return self._outer(prompts=list(prompts), frozen_text=frozen)
+
+
+def routed(ctx, name: str) -> Routed:
+    """`ctx.models[name]` (a prepared `TextDiT`) for use inside a step function."""
+    return Routed(ctx.models[name], ctx.accelerator)
+
 
 def wrap(comp: Components, trainable: bool = True) -> TextDiT:
     te = comp.text_encoder if any(p.requires_grad for p in comp.text_encoder.parameters()) else None

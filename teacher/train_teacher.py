@@ -27,7 +27,7 @@ from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclas
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
                             drop_prompts, finish_stage, stage_parser,
                             encode_batch, export_stage, incontext_flow, region_loss_weight, per_frame_bell_mse,
-                            plot_curves, wrap)
+                            plot_curves, routed, wrap)
 
 
 @dataclass
@@ -63,7 +63,7 @@ def make_step_fn(comp, data: DataConfig):
     frozen_text = comp.text_encoder
 
     def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
-        model = ctx.models["teacher"]
+        model = routed(ctx, "teacher")
         ref, gar, vid = encode_batch(vae, batch, ctx.device)
         b = vid.shape[0]
         t = fm.sample_train_timesteps((b,), device=ctx.device)
