@@ -261,9 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
+        dest = export_stage(trainer, "generator", comp, out / "latest")  # collective
         if not trainer.accelerator.is_main_process:
             return {}
-        dest = export_stage(trainer, "generator", comp, out / "latest")
         plot_curves(out / "log.csv", ["gen_loss", "critic_loss"], out / "loss.png",
                     f"DMD {comp.preset.name} (tau={dmd.tau})")
         return {"exported": str(dest)}
@@ -277,11 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{res['elapsed_s']:.0f} s CPU.\n")
     finish_stage(trainer, res, "generator", comp, out, card,
                  ("step", "samples_seen", "elapsed_s", "gen_loss", "critic_loss"))
-    if trainer.accelerator.is_main_process:
-        critic_card = (f"# GR-DMD critic ({comp.preset.name})\n\nFake score of the generator in `final/` after "
-                       f"{res['step']} steps (started from `{dmd.critic_init or dmd.teacher}`). Continue with "
-                       f"`dmd.critic_init: <this folder>`.\n")
-        export_stage(trainer, "critic", teacher_comp, out / "final_critic", critic_card, ema=False)
+    critic_card = (f"# GR-DMD critic ({comp.preset.name})\n\nFake score of the generator in `final/` after "
+                   f"{res['step']} steps (started from `{dmd.critic_init or dmd.teacher}`). Continue with "
+                   f"`dmd.critic_init: <this folder>`.\n")
+    export_stage(trainer, "critic", teacher_comp, out / "final_critic", critic_card, ema=False)  # collective
     return res
 
 

@@ -225,9 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
+        dest = export_stage(trainer, "student", comp, out / "latest")  # collective
         if not trainer.accelerator.is_main_process:
             return {}
-        dest = export_stage(trainer, "student", comp, out / "latest")
         plot_curves(out / "log.csv", ["loss"], out / "loss.png", f"teacher forcing {comp.preset.name}: FM loss")
         trainer.models["student"].train()
         return {"exported": str(dest)}

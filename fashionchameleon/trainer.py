@@ -30,12 +30,15 @@ A stage supplies models, a dataset and a *step function*; the `Trainer` owns eve
   `eval.jsonl` from the optional `eval_fn(trainer) -> dict`.
 * Configs: YAML sections map onto dataclasses with `load_yaml_config`; unknown keys and ill-typed values raise.
 * Multi-process: run the same script under `accelerate launch` (DDP/FSDP on GPUs) or, on CPU,
-  `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N` (gloo DDP; checked with teacher/train_vae.py incl. resume).
+  `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N` (gloo DDP; every stage is checked by
+  tests/test_multiprocess.py, resume included). Step functions must call prepared models through their wrapper's
+  forward (DDP reduces only those gradients); `full_copy` / exports are collective (FSDP gathers the full state).
   A checkpoint resumes only with the process count that wrote it (per-rank EMA and RNG files).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -305,6 +308,15 @@ class EMA:
         self.shadow = [sd[n].float().clone().to(s.device) for n, s in zip(self.names, self.shadow)]
 
 
+def fresh_module(m: nn.Module) -> nn.Module:
+    """An independent module shaped like `m` (weights to be loaded): `m.fresh()`, `from_config`, or a deepcopy."""
+    if hasattr(m, "fresh"):
+        return m.fresh()
+    if hasattr(type(m), "from_config") and hasattr(m, "config"):
+        return type(m).from_config(m.config)
+    return copy.deepcopy(m)
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     d = Path(output_dir)
     steps = sorted(p for p in d.glob(f"{_STEP_PREFIX}*") if (p / "trainer_state.json").is_file())
@@ -454,6 +466,30 @@ class Trainer:
             save_file(sd, str(dest / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         else:
             save_file(sd, str(dest / "model.safetensors"), metadata={"format": "pt"})
+
+    def full_copy(self, name: str, ema: bool = False) -> nn.Module | None:
+        """A standalone copy of model `name` (its EMA weights if `ema` and tracked) holding the full weights, on the
+        main process; None on the others. Collective: every process must call it (FSDP gathers the shards).
+        The copy is built by the model's `fresh()` if it has one, else `from_config` (ModelMixin), else deepcopy
+        (exact for plain and DDP models only)."""
+        acc = self.accelerator
+        prepared = self.models[name]
+        inner = acc.unwrap_model(prepared)
+        swap = ema and name in self.ema
+        if swap:
+            self.ema[name].swap(inner)
+        try:
+            sd = acc.get_state_dict(prepared)  # accelerate asks FSDP for the full state dict (rank 0)
+            if acc.is_main_process:
+                sd = {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}  # before the weights swap back
+        finally:
+            if swap:
+                self.ema[name].swap(inner)
+        if not acc.is_main_process:
+            return None
+        fresh = fresh_module(inner)
+        fresh.load_state_dict(sd, strict=True)
+        return fresh.cpu()
 
     def export_model(self, name: str, dest: str | os.PathLike, ema: bool = False) -> None:
         """Write model `name` (or its EMA weights) as a standalone folder."""

@@ -153,8 +153,9 @@ def stage_from_trainer_export(export_dir: str | os.PathLike, like: str | os.Path
 
 
 def save_stage(path: str | os.PathLike, comp: Components, card: str | None = None,
-               half: bool = False) -> Path:
-    """Same layout as `StreamingEngine.save`; `half` stores fp16 weights (the loaders cast back to fp32)."""
+               half: bool = False, private: tuple[str, ...] = ()) -> Path:
+    """Same layout as `StreamingEngine.save`; `half` stores fp16 weights (the loaders cast back to fp32).
+    Parts named in `private` are CPU copies the caller owns: they are written (and halved) in place, not copied."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,7 +165,8 @@ def save_stage(path: str | os.PathLike, comp: Components, card: str | None = Non
         m = getattr(comp, name)
         if not hasattr(m, "save_pretrained"):
             continue  # umT5 is referenced by path, not copied
-        m = copy.deepcopy(m).cpu()
+        if name not in private:
+            m = copy.deepcopy(m).cpu()
         if half:
             m = m.half()
         m.save_pretrained(tmp / name, safe_serialization=True)
@@ -522,6 +524,13 @@ class TextDiT(torch.nn.Module):
             return self.encode(prompts, frozen_text)
         return self.transformer(*args, **kwargs)
 
+    def fresh(self) -> "TextDiT":
+        """Same architecture, new parameters (for `Trainer.full_copy`)."""
+        from fashionchameleon.trainer import fresh_module
+
+        te = fresh_module(self.text_encoder) if self.text_encoder is not None else None
+        return TextDiT(fresh_module(self.transformer), te)
+
 
 class _RoutedTransformer:
     """Calls go through the outer wrapper's forward; attributes (config, caches, parameters) come from the
@@ -569,18 +578,14 @@ def wrap(comp: Components, trainable: bool = True) -> TextDiT:
 
 def export_stage(trainer, name: str, comp: Components, dest: str | os.PathLike, card: str | None = None,
                  ema: bool = True, half: bool = False) -> Path:
-    """Write model `name` (a `TextDiT`, EMA weights if tracked) as a stage folder with the frozen VAE."""
-    model = trainer.accelerator.unwrap_model(trainer.models[name])
-    use_ema = ema and name in trainer.ema
-    if use_ema:
-        trainer.ema[name].swap(model)
-    try:
-        out = Components(comp.preset, model.transformer, comp.vae, model.text_encoder or comp.text_encoder)
-        if trainer.accelerator.is_main_process:
-            save_stage(dest, out, card, half=half)
-    finally:
-        if use_ema:
-            trainer.ema[name].swap(model)
+    """Write model `name` (a `TextDiT`, EMA weights if tracked) as a stage folder with the frozen VAE.
+    Collective: call it on every process (FSDP gathers the full weights); the main process writes."""
+    full = trainer.full_copy(name, ema=ema)
+    if full is not None:
+        out = Components(comp.preset, full.transformer, comp.vae, full.text_encoder or comp.text_encoder)
+        save_stage(dest, out, card, half=half, private=("transformer", "text_encoder") if full.text_encoder
+                   is not None else ("transformer",))
+    trainer.accelerator.wait_for_everyone()
     return Path(dest)
 
 
@@ -623,9 +628,9 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
 
 
 def finish_stage(trainer, res: dict, name: str, comp: Components, out: Path, card: str, keys: tuple[str, ...]):
-    """Export the final stage folder and the run summary (main process only)."""
+    """Export the final stage folder (collective: every process calls it) and the run summary (main process)."""
+    export_stage(trainer, name, comp, out / "final", card)
     if not trainer.accelerator.is_main_process:
         return
-    export_stage(trainer, name, comp, out / "final", card)
     (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
     print(json.dumps({k: res[k] for k in keys if k in res}))

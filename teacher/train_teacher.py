@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         examples = [held[i] for i in range(sample.examples)]
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
+        dest = export_stage(trainer, "teacher", comp, out / "latest")  # collective
         if not trainer.accelerator.is_main_process:
             return {}
-        dest = export_stage(trainer, "teacher", comp, out / "latest")
         res: dict[str, Any] = {"exported": str(dest)}
         if examples:
             from teacher.common import load_stage
@@ -149,9 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(train_cfg, {"teacher": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
     comp.place(trainer.accelerator.device)
     res = trainer.train(resume=args.resume, until=args.until)
-    if trainer.accelerator.is_main_process:
-        finish_stage(trainer, res, "teacher", comp, out, model_card(res, cfg, comp, res.get("sheet")),
-                     ("step", "samples_seen", "elapsed_s", "loss"))
+    finish_stage(trainer, res, "teacher", comp, out, model_card(res, cfg, comp, res.get("sheet")),
+                 ("step", "samples_seen", "elapsed_s", "loss"))
     return res
 
 

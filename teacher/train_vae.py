@@ -267,13 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(train_cfg.output_dir)
     best_file = out / "best" / "best.json"
 
-    def current_model(trainer: Trainer) -> FastVAE:
-        m = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.models["vae"]))
-        if "vae" in trainer.ema:
-            params = dict(m.named_parameters())
-            for name, shadow in trainer.ema["vae"].state_dict().items():
-                params[name].data.copy_(shadow)
-        return m
+    def current_model(trainer: Trainer) -> FastVAE | None:
+        """The EMA (else live) weights as a standalone model on the main process; None elsewhere (collective)."""
+        m = trainer.full_copy("vae", ema=True)
+        return None if m is None else m.to(trainer.accelerator.device)
 
     def stats_of(m: FastVAE):
         # a frozen encoder keeps the exact normalisation the downstream models were trained with
@@ -281,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
         m = current_model(trainer)
+        if m is None:  # scoring and "best" are the main process's job
+            return {}
         recon = reconstruct(m, val_clips, ev.batch_size)  # clean: scored for PSNR and the step ratio
         score = clip_psnr(recon, val_clips)
         noisy = evaluate_psnr(m, val_clips, ev.batch_size, ft.eval_noise) if ft.eval_noise else None
@@ -299,9 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"], ft), train_ds, eval_fn=eval_fn)
     t0 = time.perf_counter()
     res = trainer.train(resume=args.resume, until=args.until)
-    if not trainer.accelerator.is_main_process:
-        return res
     final = current_model(trainer)
+    if final is None:
+        return res
     export(final, out / "final", stats_of(final))
     reloaded = load_vae(out / "final")
     recon = reconstruct(reloaded, val_clips, ev.batch_size)

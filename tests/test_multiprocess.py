@@ -3,6 +3,7 @@ configs a multi-GPU `accelerate launch` runs. Each rank trains on different batc
 shadows after the run mean the gradients were all-reduced (a step function that calls the transformer past the
 DDP wrapper leaves the DMD generator's ranks apart)."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def max_diff(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
+    launch("teacher.train_vae", "--config", "teacher/configs/vae_smoke.yaml", "--smoke", "--out", str(d / "vae"))
     # gradient checkpointing as in the wan2.2-5b configs (non-reentrant checkpointing under DDP)
     launch("teacher.train_teacher", "--config",
            variant("teacher/configs/smoke.yaml", d / "teacher.yaml", gradient_checkpointing=True),
@@ -58,7 +60,8 @@ def chain(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("stage,name", [("teacher", "teacher"), ("tf", "student"), ("dmd", "generator")])
+@pytest.mark.parametrize("stage,name", [("vae", "vae"), ("teacher", "teacher"), ("tf", "student"),
+                                        ("dmd", "generator")])
 def test_ranks_stay_in_sync(chain, stage, name):
     steps = sorted((chain / stage).glob("step_*"))
     assert steps, f"no checkpoint from the {stage} run"
@@ -67,6 +70,16 @@ def test_ranks_stay_in_sync(chain, stage, name):
     rows = list(csv.DictReader((chain / stage / "log.csv").open()))
     norms = [float(r["grad_norm"]) for r in rows if r["grad_norm"] not in ("", "nan")]
     assert norms and all(n > 0 for n in norms) and all(float(r["lr"]) > 0 for r in rows)
+
+
+def test_vae_exports_the_ema_weights(chain):
+    from fashionchameleon.vae import load_vae
+
+    last = sorted((chain / "vae").glob("step_*"))[-1]
+    ema = rank_emas(last, "vae")[0]
+    final = load_vae(chain / "vae" / "final").state_dict()
+    assert max(float((ema[k] - final[k]).abs().max()) for k in ema) == 0.0
+    assert json.loads((chain / "vae" / "eval.json").read_text())["val_psnr"] > 0
 
 
 def test_stage_folders_load_and_stream(chain):
@@ -89,3 +102,33 @@ def test_resume_under_ddp_is_exact(chain, tmp_path):
     full, split = (rank_emas(tmp_path / run / "step_000004", "teacher") for run in ("full", "split"))
     for r in range(NPROC):
         assert max_diff(full[r], split[r]) == 0.0
+
+
+@pytest.mark.parametrize("stage,name", [("teacher", "teacher"), ("tf", "student"), ("dmd", "generator")])
+def test_exports_hold_the_ema_weights(chain, stage, name):
+    """The stage folders are written by the collective export (every rank joins, rank 0 writes) and hold the
+    EMA weights of the final step, bit for bit."""
+    last = sorted((chain / stage).glob("step_*"))[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    result = json.loads((chain / stage / "result.json").read_text())
+    assert state["step"] == result["step"]
+    ema = rank_emas(last, name)[0]
+    exported = {f"transformer.{k}": v for k, v in
+                load_file(str(chain / stage / "final" / "transformer" / "diffusion_pytorch_model.safetensors")).items()}
+    te = chain / stage / "final" / "text_encoder" / "diffusion_pytorch_model.safetensors"
+    if any(k.startswith("text_encoder.") for k in ema):
+        exported.update({f"text_encoder.{k}": v for k, v in load_file(str(te)).items()})
+    assert ema.keys() <= exported.keys()
+    assert max(float((ema[k] - exported[k].float()).abs().max()) for k in ema) == 0.0
+
+
+def test_dmd_critic_export(chain):
+    """`final_critic/` (collective export, no EMA) is the critic of the last step, loadable as `dmd.critic_init`."""
+    sys.path.insert(0, str(ROOT))
+    from distill.train_dmd import load_critic
+
+    last = sorted((chain / "dmd").glob("step_*"))[-1]
+    ckpt = {k.removeprefix("transformer."): v for k, v in load_file(str(last / "critic" / "model.safetensors")).items()}
+    critic = load_critic(chain / "dmd" / "final_critic").state_dict()
+    assert ckpt.keys() == critic.keys()
+    assert max(float((ckpt[k] - critic[k]).abs().max()) for k in ckpt) == 0.0
