@@ -159,6 +159,8 @@ class WanVAE(_LatentNormMixin, nn.Module):
         return cls(AutoencoderKLWan.from_config(cfg))
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs) -> None:
+        if not kwargs.pop("safe_serialization", True):
+            raise ValueError("checkpoints are written as safetensors only")
         self.vae.save_pretrained(str(path), safe_serialization=True, **kwargs)
 
     @property

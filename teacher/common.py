@@ -56,6 +56,10 @@ class ModelConfig:
     # from-scratch weight init: "default" (PyTorch's, as diffusers builds Wan) or "adaln_zero" (every block starts
     # as the identity, DiT's scheme; see CausalWanTransformer3DModel.init_adaln_zero)
     init_scheme: str = "default"
+    # training resolution replacing the preset's (or the init stage's), e.g. 480x832 for a Wan2.2 fine-tune at
+    # 480p; multiples of the VAE factor times the patch size. The stage folder this run writes carries it.
+    height: int | None = None
+    width: int | None = None
 
     def __post_init__(self):
         if self.init_scheme not in INIT_SCHEMES:
@@ -206,7 +210,7 @@ def build_components(cfg: ModelConfig) -> Components:
         transformer = CausalWanTransformer3DModel.from_pretrained(_require_dir(root / "transformer", "transformer"))
         vae = WanVAE.from_pretrained(_require_dir(root / "vae", "vae"))
         text = UMT5TextEncoder.from_pretrained(root, preset.text.get("max_length", 512))
-        preset.text = {**preset.text, "path": str(root)}
+        sync_preset_to_pretrained(preset, transformer, vae, text, root)
         comp = Components(preset, transformer, vae, text)
     else:
         preset = get_preset(cfg.preset)
@@ -228,6 +232,12 @@ def build_components(cfg: ModelConfig) -> Components:
         comp = Components(preset, transformer, vae, text)
     if cfg.stream:
         comp.preset.stream = StreamConfig.from_dict({**asdict(comp.preset.stream), **cfg.stream})
+    if cfg.height or cfg.width:
+        from fashionchameleon.configs import check_resolution
+
+        comp.preset.height = cfg.height or comp.preset.height
+        comp.preset.width = cfg.width or comp.preset.width
+        check_resolution(comp.preset)
     comp.vae.eval().requires_grad_(False)
     trainable_text = cfg.train_text_encoder and isinstance(comp.text_encoder, LearnedTextEncoder)
     comp.text_encoder.requires_grad_(trainable_text)
@@ -235,6 +245,23 @@ def build_components(cfg: ModelConfig) -> Components:
     if cfg.gradient_checkpointing:
         comp.transformer.enable_gradient_checkpointing()
     return comp
+
+
+def sync_preset_to_pretrained(preset: Preset, transformer, vae, text, root: Path) -> Preset:
+    """Make the preset describe the loaded directory, not the preset's defaults: the stage folder's preset.json
+    (token counts, VAE factors, FLOPs, random-weight rebuilds) must match the weights it sits beside. Fails
+    clearly when the parts do not fit together (e.g. a Wan2.1 transformer beside a Wan2.2 VAE)."""
+    tcfg = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    if tcfg["in_channels"] != vae.z_dim:
+        raise ValueError(f"{root}: transformer in_channels={tcfg['in_channels']} but the VAE has z_dim={vae.z_dim}")
+    text_dim = int(text.encoder.config.d_model)
+    if tcfg["text_dim"] != text_dim:
+        raise ValueError(f"{root}: transformer text_dim={tcfg['text_dim']} but the text encoder's d_model={text_dim}")
+    preset.transformer = tcfg
+    preset.vae = {"backend": "wan", **{k: v for k, v in vae.config.items() if not k.startswith("_")},
+                  "scale_factor_spatial": vae.spatial_factor, "scale_factor_temporal": vae.temporal_factor}
+    preset.text = {**preset.text, "kind": "umt5", "dim": text_dim, "path": str(root)}
+    return preset
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -1,0 +1,163 @@
+"""The real-weight path end to end, at miniature size: a Wan2.2-TI2V-5B-layout diffusers directory
+(`benchmarks/mini_wan.py`: diffusers `WanTransformer3DModel` and `AutoencoderKLWan`, transformers umT5 and a
+tokenizer; random weights) and a real-data folder (`meta_data.csv`), run through the shipped `*wan2.2-5b.yaml`
+configs with only the paths, the resolution, the clip length and the gradient accumulation changed:
+teacher -> teacher forcing -> GR-DMD -> a streamed clip with a swap, and `render`."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.mini_wan import MiniWanConfig, build_mini_wan  # noqa: E402
+
+SIZE = 64  # a multiple of the 2.2 VAE's 16x times the patch's 2
+FRAMES = 21  # 6 latent frames: 2 chunks of 3
+
+
+def derive(src: str, dest: Path, **sections) -> str:
+    cfg = yaml.safe_load((ROOT / src).read_text())
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    dest.write_text(yaml.safe_dump(cfg))
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    from distill import train_dmd, train_tf
+    from fashionchameleon.data.synth import main as synth
+    from teacher import train_teacher
+
+    d = tmp_path_factory.mktemp("realpath")
+    mini = build_mini_wan(d / "Wan2.2-TI2V-5B-mini")
+    synth(["--out", str(d / "data"), "--clips", "4", "--seed", "5", "--size", f"{SIZE}x{SIZE}",
+           "--frames", str(FRAMES)])
+    accum = {"grad_accum_steps": 2}  # the 5B configs accumulate 8-16 batches; 4 rows hold 2
+    data = {"root": str(d / "data"), "frames": FRAMES}
+    res = {"teacher": train_teacher.main([
+        "--config", derive("teacher/configs/wan2.2-5b.yaml", d / "teacher.yaml", train=accum, data=data,
+                           model={"pretrained": str(mini), "height": SIZE, "width": SIZE}),
+        "--smoke", "--out", str(d / "teacher")])}
+    res["tf"] = train_tf.main([
+        "--config", derive("distill/configs/tf_wan2.2-5b.yaml", d / "tf.yaml", train=accum, data=data,
+                           model={"init": str(d / "teacher" / "final")}),
+        "--smoke", "--out", str(d / "tf")])
+    res["dmd"] = train_dmd.main([
+        "--config", derive("distill/configs/dmd_wan2.2-5b.yaml", d / "dmd.yaml", data={"root": str(d / "data")},
+                           dmd={"teacher": str(d / "teacher" / "final")}, model={"init": str(d / "tf" / "final")}),
+        "--smoke", "--out", str(d / "dmd")])
+    return d, mini, res
+
+
+def test_pretrained_build_loads_every_weight_and_describes_the_directory(chain):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from teacher.common import ModelConfig, build_components
+
+    _, mini, _ = chain
+    comp = build_components(ModelConfig(preset="wan2.2-5b", pretrained=str(mini), height=SIZE, width=SIZE))
+    ref = WanTransformer3DModel.from_pretrained(mini / "transformer").state_dict()
+    ours = comp.transformer.state_dict()
+    assert ref.keys() == ours.keys() and all(torch.equal(ref[k], ours[k]) for k in ref)
+    vae = AutoencoderKLWan.from_pretrained(mini / "vae")
+    # the preset now describes the directory, not the 5B defaults it started from
+    p = comp.preset
+    assert p.transformer["num_layers"] == MiniWanConfig.layers and p.transformer["in_channels"] == vae.config.z_dim
+    assert p.spatial_factor == 16 and p.temporal_factor == 4 and p.latent_hw == (SIZE // 16, SIZE // 16)
+    assert p.text == {**p.text, "kind": "umt5", "dim": MiniWanConfig.text_dim, "path": str(mini)}
+    assert comp.vae.latents_mean == list(vae.config.latents_mean)
+    emb = comp.text_encoder(["walks forward", ""])
+    # "walks forward </s>" and "</s>": 3 and 1 real tokens, the padding zeroed as Wan does
+    assert emb.shape[-1] == MiniWanConfig.text_dim and emb[0, :3].abs().amin() > 0 and emb[1, :1].abs().amin() > 0
+    assert emb[0, 3:].abs().sum() == 0 and emb[1, 1:].abs().sum() == 0
+
+
+def test_stages_train_and_write_loadable_folders(chain):
+    from teacher.common import load_stage
+
+    d, mini, res = chain
+    for stage in ("teacher", "tf", "dmd"):
+        assert res[stage]["step"] == 2
+        rows = list(csv.DictReader((d / stage / "log.csv").open()))
+        # DMD's generator updates every 5th step (grad_norm is nan in between); its critic every step
+        norms = [float(r[k]) for r in rows for k in ("grad_norm", "grad_norm_critic") if r.get(k) not in (None, "")]
+        assert rows and all(float(r["lr"]) > 0 for r in rows)
+        assert [n for n in norms if np.isfinite(n)] and all(n > 0 for n in norms if np.isfinite(n))
+        assert all(np.isfinite(float(r["loss"] or r["critic_loss"])) for r in rows)
+        preset = json.loads((d / stage / "final" / "preset.json").read_text())
+        assert (preset["height"], preset["width"]) == (SIZE, SIZE) and preset["text"]["path"] == str(mini)
+    teacher = load_stage(d / "teacher" / "final")
+    from diffusers import WanTransformer3DModel
+
+    init = WanTransformer3DModel.from_pretrained(mini / "transformer").state_dict()
+    moved = max(float((teacher.transformer.state_dict()[k] - v).abs().max()) for k, v in init.items())
+    assert moved > 0  # two optimizer steps from the pretrained weights
+    assert (d / "dmd" / "final_critic" / "transformer").is_dir()
+
+
+def test_student_streams_and_swaps(chain):
+    from fashionchameleon.data.folder import read_image
+    from fashionchameleon.stream import StreamingEngine
+
+    d, _, _ = chain
+    eng = StreamingEngine.from_checkpoint(d / "dmd" / "final")
+    ref = read_image(str(d / "data" / "src" / "000000.png"))
+    g1, g2 = (read_image(str(d / "data" / "cloth" / f"00000{i}.png")) for i in (0, 1))
+
+    def run(swap_at):
+        s = eng.new_session()
+        out = []
+        for f in s.start(ref, g1, "walks forward", max_frames=30, seed=3):
+            if f.index == swap_at:
+                s.request_swap(g2)
+            out.append(f)
+        return out
+
+    plain, swapped = run(None), run(8)
+    assert [f.index for f in swapped] == list(range(30))
+    assert all(f.image.shape == (SIZE, SIZE, 3) for f in swapped)
+    gens = [f.swap_generation for f in swapped]
+    assert gens[0] == 0 and gens[-1] == 1
+    first_new = gens.index(1)
+    same = [np.array_equal(a.image, b.image) for a, b in zip(plain, swapped)]
+    assert all(same[:first_new]) and not all(same[first_new:])  # the new garment reaches the frames
+
+
+def test_render_from_the_real_path_checkpoint(chain, tmp_path):
+    d, _, _ = chain
+    out = tmp_path / "clip.mp4"
+    cmd = [sys.executable, "-m", "fashionchameleon.cli", "render", "--checkpoint", str(d / "dmd" / "final"),
+           "--reference", str(d / "data" / "src" / "000000.png"), "--garment", str(d / "data" / "cloth" / "000000.png"),
+           "--garment", str(d / "data" / "cloth" / "000001.png"), "--swap-at", "8", "--frames", "16",
+           "--prompt", "walks forward", "--seed", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    timeline = json.loads(out.with_suffix(".json").read_text())
+    assert out.stat().st_size > 0 and [s["frame"] for s in timeline["swaps"]] == [0, 8]
+
+
+def test_mismatched_directory_fails_clearly(chain, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from teacher.common import ModelConfig, build_components
+
+    _, mini, _ = chain
+    bad = tmp_path / "mixed"
+    shutil.copytree(mini, bad)
+    shutil.rmtree(bad / "transformer")
+    cfg = json.loads((mini / "transformer" / "config.json").read_text())
+    kw = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    WanTransformer3DModel(**{**kw, "in_channels": 16, "out_channels": 16}).save_pretrained(bad / "transformer")
+    with pytest.raises(ValueError, match="in_channels=16 but the VAE has z_dim=48"):
+        build_components(ModelConfig(preset="wan2.2-5b", pretrained=str(bad), height=SIZE, width=SIZE))
+    with pytest.raises(ValueError, match="multiple of 32x32"):
+        build_components(ModelConfig(preset="wan2.2-5b", pretrained=str(mini), height=SIZE + 16, width=SIZE))
