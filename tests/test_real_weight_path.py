@@ -176,3 +176,14 @@ def test_dmd_on_the_real_path_under_ddp(chain, tmp_path):
     rows = list(csv.DictReader((tmp_path / "dmd" / "log.csv").open()))
     assert any(r["gen_loss"] not in ("", "nan") for r in rows)  # the generator did update
     assert (tmp_path / "dmd" / "final" / "preset.json").is_file()
+
+
+def test_teacher_samples_with_umt5_and_cfg(chain, tmp_path):
+    """Many-step CFG sampling of the real-path teacher: umT5 encodes the prompt and the empty (null) prompt."""
+    from teacher.sample import main as sample
+
+    d, _, _ = chain
+    res = sample(["--ckpt", str(d / "teacher" / "final"), "--reference", str(d / "data" / "src" / "000000.png"),
+                  "--garment", str(d / "data" / "cloth" / "000001.png"), "--prompt", "walks forward",
+                  "--frames", str(FRAMES), "--steps", "3", "--guidance", "3", "--out", str(tmp_path)])
+    assert Path(res["sheet"]).is_file() and all(Path(v).stat().st_size > 0 for v in res["videos"])
