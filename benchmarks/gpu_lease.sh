@@ -6,6 +6,9 @@
 #                                                            # then its held-out scores and sheet (SCORE=0 skips)
 #   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN [TEACHER]
 #   bash benchmarks/gpu_lease.sh bench
+#   bash benchmarks/gpu_lease.sh real_fsdp                  # the wan2.2-5b configs on a miniature Wan2.2 directory
+#                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
+#                                                            # FSDP as the control (needs transformers, tokenizers in .whl/)
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored) are installed first if present.
 # Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
@@ -105,6 +108,17 @@ distill)  # optional TEACHER: the teacher stage folder to distil (default: the c
     python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
         ${TEACHER:+--teacher "$TEACHER"} || echo "DMD failed"
     dmd_pack
+    ;;
+real_fsdp)  # FSDP code paths (flat/sharded params, EMA, full-state-dict exports) at miniature size, ~1-2 min
+    FSDP="--use_fsdp --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
+          --fsdp_transformer_layer_cls_to_wrap CausalWanBlock --fsdp_state_dict_type FULL_STATE_DICT"
+    for V in 1 2; do
+        timeout 300 python3 benchmarks/real_path_smoke.py --out "runs/real_fsdp$V" --size 128 --frames 33 --clips 4 \
+            --launch "accelerate launch --num_processes 1 --mixed_precision bf16 $FSDP --fsdp_version $V" \
+            --json "$OUT/real_fsdp$V.json" || echo "FSDP$V chain failed (rc $?)"
+    done
+    timeout 300 python3 benchmarks/real_path_smoke.py --out runs/real_plain --size 128 --frames 33 --clips 4 \
+        --json "$OUT/real_plain.json" || echo "plain chain failed (rc $?)"
     ;;
 bench)
     bench wan2.1-1.3b 96 48 150

@@ -13,48 +13,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.mini_wan import MiniWanConfig, build_mini_wan  # noqa: E402
+from benchmarks.mini_wan import MiniWanConfig  # noqa: E402
 
 SIZE = 64  # a multiple of the 2.2 VAE's 16x times the patch's 2
 FRAMES = 21  # 6 latent frames: 2 chunks of 3
 
 
-def derive(src: str, dest: Path, **sections) -> str:
-    cfg = yaml.safe_load((ROOT / src).read_text())
-    for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
-    dest.write_text(yaml.safe_dump(cfg))
-    return str(dest)
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
+    """benchmarks/real_path_smoke.py's chain, each stage's entry point called in this process."""
+    from benchmarks.real_path_smoke import prepare
     from distill import train_dmd, train_tf
-    from fashionchameleon.data.synth import main as synth
     from teacher import train_teacher
 
     d = tmp_path_factory.mktemp("realpath")
-    mini = build_mini_wan(d / "Wan2.2-TI2V-5B-mini")
-    synth(["--out", str(d / "data"), "--clips", "4", "--seed", "5", "--size", f"{SIZE}x{SIZE}",
-           "--frames", str(FRAMES)])
-    accum = {"grad_accum_steps": 2}  # the 5B configs accumulate 8-16 batches; 4 rows hold 2
-    data = {"root": str(d / "data"), "frames": FRAMES}
-    res = {"teacher": train_teacher.main([
-        "--config", derive("teacher/configs/wan2.2-5b.yaml", d / "teacher.yaml", train=accum, data=data,
-                           model={"pretrained": str(mini), "height": SIZE, "width": SIZE}),
-        "--smoke", "--out", str(d / "teacher")])}
-    res["tf"] = train_tf.main([
-        "--config", derive("distill/configs/tf_wan2.2-5b.yaml", d / "tf.yaml", train=accum, data=data,
-                           model={"init": str(d / "teacher" / "final")}),
-        "--smoke", "--out", str(d / "tf")])
-    res["dmd"] = train_dmd.main([
-        "--config", derive("distill/configs/dmd_wan2.2-5b.yaml", d / "dmd.yaml", data={"root": str(d / "data")},
-                           dmd={"teacher": str(d / "teacher" / "final")}, model={"init": str(d / "tf" / "final")}),
-        "--smoke", "--out", str(d / "dmd")])
+    mini, _, cfgs = prepare(d, SIZE, FRAMES, clips=4)
+    res = {name: entry.main(["--config", str(cfgs[name]), "--smoke", "--out", str(d / name)])
+           for name, entry in (("teacher", train_teacher), ("tf", train_tf), ("dmd", train_dmd))}
     return d, mini, res
 
 

@@ -1,0 +1,124 @@
+"""The real-weight training path at miniature size, as one command: a random-weight Wan2.2-TI2V-5B-layout
+directory (`benchmarks/mini_wan.py`), a `data synth` folder in the real-data format, then the shipped
+`*wan2.2-5b.yaml` configs (teacher -> teacher forcing -> GR-DMD) with only paths, resolution, clip length and
+gradient accumulation changed, and a streamed clip with a swap from the result.
+
+`tests/test_real_weight_path.py` runs the same chain in-process on CPU. This script is for launchers the tests
+cannot use, e.g. FSDP on a GPU machine (one GPU is enough to run the FSDP code path):
+
+    python benchmarks/real_path_smoke.py --out runs/real_smoke
+    python benchmarks/real_path_smoke.py --out runs/real_smoke_fsdp --launch "accelerate launch --num_processes 1 \
+        --mixed_precision bf16 --use_fsdp --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy \
+        TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap CausalWanBlock --fsdp_state_dict_type FULL_STATE_DICT"
+
+Prints one JSON summary (per stage: step, final losses, seconds; the stream's frame count and swap generation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = (("teacher", "teacher.train_teacher", "teacher/configs/wan2.2-5b.yaml"),
+          ("tf", "distill.train_tf", "distill/configs/tf_wan2.2-5b.yaml"),
+          ("dmd", "distill.train_dmd", "distill/configs/dmd_wan2.2-5b.yaml"))
+
+
+def derive(src: str | Path, dest: Path, **sections) -> Path:
+    """`src` (relative to the repo) with the given section keys replaced, written to `dest`."""
+    cfg = yaml.safe_load((ROOT / src).read_text())
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    dest.write_text(yaml.safe_dump(cfg))
+    return dest
+
+
+def write_configs(d: Path, mini: Path, data: Path, size: int, frames: int, accum: int = 2) -> dict[str, Path]:
+    """The three derived configs; each stage reads the previous one's `final/` under `d`."""
+    train = {"grad_accum_steps": accum}  # the 5B configs accumulate 8-16 batches; a tiny folder holds fewer
+    clips = {"root": str(data), "frames": frames}
+    return {
+        "teacher": derive(STAGES[0][2], d / "teacher.yaml", train=train, data=clips,
+                          model={"pretrained": str(mini), "height": size, "width": size}),
+        "tf": derive(STAGES[1][2], d / "tf.yaml", train=train, data=clips, model={"init": str(d / "teacher" / "final")}),
+        # DMD rolls out its own clips; it reads only reference and garment from the folder
+        "dmd": derive(STAGES[2][2], d / "dmd.yaml", data={"root": str(data)}, dmd={"teacher": str(d / "teacher" / "final")},
+                      model={"init": str(d / "tf" / "final")}),
+    }
+
+
+def prepare(d: Path, size: int, frames: int, clips: int) -> tuple[Path, Path, dict[str, Path]]:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.mini_wan import build_mini_wan
+    from fashionchameleon.data.synth import main as synth
+
+    d.mkdir(parents=True, exist_ok=True)
+    mini = build_mini_wan(d / "Wan2.2-TI2V-5B-mini")
+    synth(["--out", str(d / "data"), "--clips", str(clips), "--seed", "5", "--size", f"{size}x{size}",
+           "--frames", str(frames)])
+    return mini, d / "data", write_configs(d, mini, d / "data", size, frames)
+
+
+def stream_check(stage: Path, data: Path, frames: int = 30, swap_at: int = 8) -> dict:
+    from fashionchameleon.data.folder import read_image
+    from fashionchameleon.stream import StreamingEngine
+
+    eng = StreamingEngine.from_checkpoint(stage)
+    s = eng.new_session()
+    ref = read_image(str(data / "src" / "000000.png"))
+    g1, g2 = (read_image(str(data / "cloth" / f"00000{i}.png")) for i in (0, 1))
+    gens = []
+    for f in s.start(ref, g1, "walks forward", max_frames=frames, seed=3):
+        if f.index == swap_at:
+            s.request_swap(g2)
+        gens.append(f.swap_generation)
+    return {"frames": len(gens), "swap_generation_last": gens[-1], "first_new_garment_frame": gens.index(1)
+            if 1 in gens else None}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--launch", default=f"{sys.executable} -m",
+                    help="command that runs a module (default: this python); its last word is followed by the module")
+    ap.add_argument("--size", type=int, default=64, help="square resolution, a multiple of 32")
+    ap.add_argument("--frames", type=int, default=21, help="pixel frames per clip (1 + 4k)")
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--json", help="also write the summary here")
+    args = ap.parse_args(argv)
+    d = Path(args.out)
+    mini, data, cfgs = prepare(d, args.size, args.frames, args.clips)
+    launch = shlex.split(args.launch)
+    if launch[-1] != "-m":
+        launch.append("-m")  # accelerate launch takes `-m module` too
+    summary: dict = {"launch": args.launch, "stages": {}}
+    for name, module, _ in STAGES:
+        t0 = time.perf_counter()
+        cmd = [*launch, module, "--config", str(cfgs[name]), "--smoke", "--out", str(d / name)]
+        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        res_file = d / name / "result.json"
+        summary["stages"][name] = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 1),
+                                   **({k: v for k, v in json.loads(res_file.read_text()).items()
+                                       if k in ("step", "loss", "gen_loss", "critic_loss")} if res_file.is_file() else {})}
+        if r.returncode:
+            print(json.dumps(summary, indent=2))
+            if args.json:
+                Path(args.json).write_text(json.dumps(summary, indent=2))
+            raise SystemExit(f"{name} failed (rc {r.returncode}): {' '.join(cmd)}")
+    summary["stream"] = stream_check(d / "dmd" / "final", data)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
