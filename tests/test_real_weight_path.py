@@ -3,11 +3,13 @@
 tokenizer; random weights) and a real-data folder (`meta_data.csv`), run through the shipped `*wan2.2-5b.yaml`
 configs with only the paths, the resolution, the clip length and the gradient accumulation changed:
 teacher -> teacher forcing -> GR-DMD -> a streamed clip with a swap, and `render`."""
+import asyncio
 import csv
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +167,43 @@ def test_teacher_samples_with_umt5_and_cfg(chain, tmp_path):
                   "--garment", str(d / "data" / "cloth" / "000001.png"), "--prompt", "walks forward",
                   "--frames", str(FRAMES), "--steps", "3", "--guidance", "3", "--out", str(tmp_path)])
     assert Path(res["sheet"]).is_file() and all(Path(v).stat().st_size > 0 for v in res["videos"])
+
+
+@pytest.mark.usefixtures("loopback_ice")
+async def test_app_serves_the_real_path_checkpoint(chain, tmp_path):
+    """`fashionchameleon serve --checkpoint <real-path stage>`: loopback WebRTC frames, then a live swap."""
+    import httpx
+
+    from app.config import AppConfig
+    from app.loopback import LoopbackViewer
+    from app.server import build_app
+    from fashionchameleon.stream import StreamingEngine
+
+    d, _, _ = chain
+    for kind, src in (("references", "src"), ("garments", "cloth")):
+        (tmp_path / kind).mkdir()
+        for i in (0, 1):
+            shutil.copy(d / "data" / src / f"00000{i}.png", tmp_path / kind / f"{kind[0]}{i}.png")
+    engine = StreamingEngine.from_checkpoint(d / "dmd" / "final", device="cpu")
+    app = build_app(engine, with_ui=False, config=AppConfig(references_dir=tmp_path / "references",
+                                                            garments_dir=tmp_path / "garments",
+                                                            record_dir=tmp_path / "rec"))
+    manager = app.state.manager
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fc.test") as http:
+            v = LoopbackViewer(http, keep_images=True)
+            r = await v.start(reference="r0", garment="g0", prompt="walks forward", seed=1)
+            assert v.status_code == 200, r
+            assert await v.wait_frames(12, timeout=30) >= 12
+            assert (await http.post("/api/swap", json={"sid": v.sid, "garment": "g1"})).status_code == 200
+            deadline = time.perf_counter() + 30  # queued chunks in the old garment play out first
+            while manager.stats(v.sid)["current_garment"] != "g1" and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            n = len(v.frames)
+            assert await v.wait_frames(n + 6, timeout=30) >= n + 6
+            stats = manager.stats(v.sid)
+            await v.close()
+    finally:
+        await manager.shutdown()
+    assert stats["current_garment"] == "g1" and stats["last_swap_latency_s"] is not None
+    assert v.frames[-1].image.shape[:2] == (SIZE, SIZE)
