@@ -130,6 +130,11 @@ class StreamingEngine:
             raise CheckpointError(f"checkpoint directory not found: {path}")
         pfile = path / PRESET_FILE
         if not pfile.is_file():
+            if (path / "model_index.json").is_file():
+                raise CheckpointError(
+                    f"{path} is a diffusers pipeline directory, not a FashionChameleon checkpoint: base Wan weights "
+                    "know no garment conditioning. Train from it (model.pretrained in teacher/configs/wan2.2-5b.yaml, "
+                    "then distill/) and stream the stage folder that writes, or bench speed with --random-weights")
             raise CheckpointError(f"{path} is not a FashionChameleon checkpoint (missing {PRESET_FILE})")
         try:
             preset = Preset.from_dict(json.loads(pfile.read_text()))

@@ -207,3 +207,11 @@ async def test_app_serves_the_real_path_checkpoint(chain, tmp_path):
         await manager.shutdown()
     assert stats["current_garment"] == "g1" and stats["last_swap_latency_s"] is not None
     assert v.frames[-1].image.shape[:2] == (SIZE, SIZE)
+
+
+def test_streaming_a_raw_diffusers_directory_explains_what_to_do(chain):
+    from fashionchameleon.stream import CheckpointError, StreamingEngine
+
+    _, mini, _ = chain
+    with pytest.raises(CheckpointError, match="diffusers pipeline directory.*model.pretrained"):
+        StreamingEngine.from_checkpoint(mini)
