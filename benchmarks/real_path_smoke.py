@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+MINI_DIR = "Wan2.2-TI2V-5B-mini"
 STAGES = (("teacher", "teacher.train_teacher", "teacher/configs/wan2.2-5b.yaml"),
           ("tf", "distill.train_tf", "distill/configs/tf_wan2.2-5b.yaml"),
           ("dmd", "distill.train_dmd", "distill/configs/dmd_wan2.2-5b.yaml"))
@@ -61,7 +62,7 @@ def prepare(d: Path, size: int, frames: int, clips: int) -> tuple[Path, Path, di
     from fashionchameleon.data.synth import main as synth
 
     d.mkdir(parents=True, exist_ok=True)
-    mini = build_mini_wan(d / "Wan2.2-TI2V-5B-mini")
+    mini = build_mini_wan(d / MINI_DIR)
     synth(["--out", str(d / "data"), "--clips", str(clips), "--seed", "5", "--size", f"{size}x{size}",
            "--frames", str(frames)])
     return mini, d / "data", write_configs(d, mini, d / "data", size, frames)

@@ -26,16 +26,15 @@ FRAMES = 21  # 6 latent frames: 2 chunks of 3
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """benchmarks/real_path_smoke.py's chain, each stage's entry point called in this process."""
-    from benchmarks.real_path_smoke import prepare
-    from distill import train_dmd, train_tf
-    from teacher import train_teacher
+    """benchmarks/real_path_smoke.py's chain; each stage runs in its own process, as in production (the bf16
+    configs cannot share accelerate's process-wide state with this test process's fp32 trainers)."""
+    from benchmarks.real_path_smoke import MINI_DIR, main as smoke
 
     d = tmp_path_factory.mktemp("realpath")
-    mini, _, cfgs = prepare(d, SIZE, FRAMES, clips=4)
-    res = {name: entry.main(["--config", str(cfgs[name]), "--smoke", "--out", str(d / name)])
-           for name, entry in (("teacher", train_teacher), ("tf", train_tf), ("dmd", train_dmd))}
-    return d, mini, res
+    summary = smoke(["--out", str(d), "--size", str(SIZE), "--frames", str(FRAMES), "--clips", "4"])
+    assert all(s["rc"] == 0 for s in summary["stages"].values())
+    res = {name: json.loads((d / name / "result.json").read_text()) for name in summary["stages"]}
+    return d, d / MINI_DIR, res
 
 
 def test_pretrained_build_loads_every_weight_and_describes_the_directory(chain):
