@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames", type=int, default=21, help="pixel frames per clip (1 + 4k)")
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--json", help="also write the summary here")
+    ap.add_argument("--expect", help="fail unless every stage ran with this accelerate distributed type (e.g. FSDP): "
+                                     "accelerate falls back silently when the launcher's flags do not apply")
     args = ap.parse_args(argv)
     d = Path(args.out)
     mini, data, cfgs = prepare(d, args.size, args.frames, args.clips)
@@ -108,16 +110,22 @@ def main(argv: list[str] | None = None) -> dict:
         res_file = d / name / "result.json"
         summary["stages"][name] = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 1),
                                    **({k: v for k, v in json.loads(res_file.read_text()).items()
-                                       if k in ("step", "loss", "gen_loss", "critic_loss")} if res_file.is_file() else {})}
+                                       if k in ("step", "loss", "gen_loss", "critic_loss", "distributed_type", "num_processes",
+                                               "mixed_precision")} if res_file.is_file() else {})}
         if r.returncode:
             print(json.dumps(summary, indent=2))
             if args.json:
                 Path(args.json).write_text(json.dumps(summary, indent=2))
             raise SystemExit(f"{name} failed (rc {r.returncode}): {' '.join(cmd)}")
+    ran = {n: st.get("distributed_type") for n, st in summary["stages"].items()}
+    if args.expect and any(t != args.expect for t in ran.values()):
+        summary["error"] = f"expected {args.expect}, ran {ran}"
     summary["stream"] = stream_check(d / "dmd" / "final", data)
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
+    if "error" in summary:
+        raise SystemExit(summary["error"])
     return summary
 
 

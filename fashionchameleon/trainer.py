@@ -690,7 +690,12 @@ class Trainer:
                 t_last = time.perf_counter()
         bar.close()
         result = self.run_eval()
-        return {"step": self.step, "samples_seen": self.samples_seen, "elapsed_s": self.elapsed_s, **last, **result}
+        acc = self.accelerator
+        # what actually ran: accelerate falls back silently (e.g. FSDP flags on CPU give DDP, or nothing at all)
+        ran = {"distributed_type": str(acc.distributed_type).split(".")[-1], "num_processes": acc.num_processes,
+               "mixed_precision": acc.mixed_precision}
+        return {"step": self.step, "samples_seen": self.samples_seen, "elapsed_s": self.elapsed_s, **last, **result,
+                **ran}
 
 
 def _fmt(v: Any) -> Any:

@@ -50,6 +50,9 @@ def test_ranks_stay_in_sync(chain, stage, name):
     rows = list(csv.DictReader((chain / stage / "log.csv").open()))
     norms = [float(r["grad_norm"]) for r in rows if r["grad_norm"] not in ("", "nan")]
     assert norms and all(n > 0 for n in norms) and all(float(r["lr"]) > 0 for r in rows)
+    if stage != "vae":  # (the VAE stage writes its own report, eval.json)
+        ran = json.loads((chain / stage / "result.json").read_text())
+        assert (ran["distributed_type"], ran["num_processes"]) == ("MULTI_CPU", NPROC)
 
 
 def test_vae_exports_the_ema_weights(chain):

@@ -66,6 +66,8 @@ def test_stages_train_and_write_loadable_folders(chain):
     d, mini, res = chain
     for stage in ("teacher", "tf", "dmd"):
         assert res[stage]["step"] == 2
+        # the configs' bf16 (CPU autocast here), one process
+        assert (res[stage]["mixed_precision"], res[stage]["distributed_type"]) == ("bf16", "NO")
         rows = list(csv.DictReader((d / stage / "log.csv").open()))
         # DMD's generator updates every 5th step (grad_norm is nan in between); its critic every step
         norms = [float(r[k]) for r in rows for k in ("grad_norm", "grad_norm_critic") if r.get(k) not in (None, "")]
