@@ -216,3 +216,18 @@ def test_streaming_a_raw_diffusers_directory_explains_what_to_do(chain):
     _, mini, _ = chain
     with pytest.raises(CheckpointError, match="diffusers pipeline directory.*model.pretrained"):
         StreamingEngine.from_checkpoint(mini)
+
+
+def test_teacher_resume_on_the_real_path_is_exact(chain, tmp_path):
+    """`--until 1` then `--resume` on the real-data folder with bf16 autocast gives the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    d, _, _ = chain
+    base = [sys.executable, "-m", "teacher.train_teacher", "--config", str(d / "teacher.yaml"), "--smoke"]
+    for extra in ([], ["--until", "1"], ["--resume"]):
+        out = tmp_path / ("split" if extra else "full")
+        r = subprocess.run([*base, "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    full, split = (load_file(str(tmp_path / run / "step_000002" / "teacher" / "model.safetensors"))
+                   for run in ("full", "split"))
+    assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)
