@@ -44,15 +44,18 @@ def derive(src: str | Path, dest: Path, **sections) -> Path:
 
 def write_configs(d: Path, mini: Path, data: Path, size: int, frames: int, accum: int = 2) -> dict[str, Path]:
     """The three derived configs; each stage reads the previous one's `final/` under `d`."""
+    from fashionchameleon.data.world import WorldConfig
+
     train = {"grad_accum_steps": accum}  # the 5B configs accumulate 8-16 batches; a tiny folder holds fewer
-    clips = {"root": str(data), "frames": frames}
+    clips = {"root": str(data), "frames": frames, "fps": WorldConfig.fps}  # the rate `data synth` writes
+    teacher, tf = d / "teacher" / "final", d / "tf" / "final"
     return {
         "teacher": derive(STAGES[0][2], d / "teacher.yaml", train=train, data=clips,
                           model={"pretrained": str(mini), "height": size, "width": size}),
-        "tf": derive(STAGES[1][2], d / "tf.yaml", train=train, data=clips, model={"init": str(d / "teacher" / "final")}),
+        "tf": derive(STAGES[1][2], d / "tf.yaml", train=train, data=clips, model={"init": str(teacher)}),
         # DMD rolls out its own clips; it reads only reference and garment from the folder
-        "dmd": derive(STAGES[2][2], d / "dmd.yaml", data={"root": str(data)}, dmd={"teacher": str(d / "teacher" / "final")},
-                      model={"init": str(d / "tf" / "final")}),
+        "dmd": derive(STAGES[2][2], d / "dmd.yaml", data={"root": str(data)}, dmd={"teacher": str(teacher)},
+                      model={"init": str(tf)}),
     }
 
 
@@ -108,10 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
         cmd = [*launch, module, "--config", str(cfgs[name]), "--smoke", "--out", str(d / name)]
         r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         res_file = d / name / "result.json"
+        res = json.loads(res_file.read_text()) if res_file.is_file() else {}
+        keep = ("step", "loss", "gen_loss", "critic_loss", "distributed_type", "num_processes", "mixed_precision")
         summary["stages"][name] = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 1),
-                                   **({k: v for k, v in json.loads(res_file.read_text()).items()
-                                       if k in ("step", "loss", "gen_loss", "critic_loss", "distributed_type", "num_processes",
-                                               "mixed_precision")} if res_file.is_file() else {})}
+                                   **{k: v for k, v in res.items() if k in keep}}
         if r.returncode:
             print(json.dumps(summary, indent=2))
             if args.json:

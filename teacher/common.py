@@ -71,6 +71,9 @@ class DataConfig:
     source: str = "world"  # world (procedural mannequin world) | folder (meta_data.csv format)
     root: str | None = None  # folder datasets only
     frames: int = 21  # pixel frames per clip, 1 + temporal_factor * k
+    # folder data: resample each clip to this frame rate by its timestamps (e.g. 24 for Wan2.2, 16 for Wan2.1),
+    # so 25/30/60 fps footage moves at its real speed; None takes the first `frames` frames as they are
+    fps: float | None = None
     train_length: int = 100_000  # world clips per epoch (rendered on the fly)
     val_length: int = 8
     seed: int = 0
@@ -94,6 +97,12 @@ class DataConfig:
         for name in ("garment_loss_weight", "body_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.fps is not None:
+            if self.source != "folder":
+                raise ValueError("data.fps resamples folder videos; the world renders at its own rate "
+                                 "(set it only with data.source: folder)")
+            if not self.fps > 0:
+                raise ValueError(f"data.fps must be > 0, got {self.fps}")
 
 
 # ------------------------------------------------------------------------------------------------ components
@@ -277,7 +286,8 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
 
     root = _require_dir(data.root or "", "data.root (real-data folder with meta_data.csv)")
     return FolderDataset(root, size=size, frames=data.frames, skip_bad=data.skip_bad,
-                         garment_masks=data.garment_loss_weight > 0, body_masks=data.body_loss_weight > 0)
+                         garment_masks=data.garment_loss_weight > 0, body_masks=data.body_loss_weight > 0,
+                         fps=data.fps)
 
 
 MASK_KEYS = ("garment_mask", "body_mask")

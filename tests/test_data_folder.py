@@ -12,6 +12,7 @@ import torch
 from fashionchameleon.data import DataError, FolderDataset, WorldDataset
 from fashionchameleon.data.folder import META_FILE, read_video, write_video
 from fashionchameleon.data.synth import main, synth_folder
+from fashionchameleon.data.world import WorldConfig
 
 SIZE = (64, 48)
 FRAMES = 5
@@ -262,3 +263,46 @@ def test_uint8_batches_are_exact(base):
             assert torch.equal(latent_region_weight(packed["garment_mask"][None], lat, 4, 5.0),
                                latent_region_weight(raw["garment_mask"][None], lat, 4, 5.0))
     assert torch.equal(pixels(raw["video"], "cpu", torch.bfloat16), raw["video"].bfloat16())  # float input passes
+
+
+def _ramp_video(path, n: int, fps: int, step: int = 4) -> None:
+    """Frame k is a flat grey of level step * k, so a decoded frame tells which source frame it was."""
+    frames = np.stack([np.full((32, 32, 3), step * k, np.uint8) for k in range(n)])
+    write_video(str(path), frames, fps=fps, crf=0)
+
+
+def _levels(video: np.ndarray, step: int = 4) -> list[int]:
+    return [int(round(f.mean() / step)) for f in video]
+
+
+@pytest.mark.parametrize("src_fps,stride", [(48, 2), (72, 3), (24, 1)])
+def test_read_video_resamples_by_timestamps(tmp_path, src_fps, stride):
+    path = tmp_path / "ramp.mp4"
+    _ramp_video(path, 60, src_fps)
+    video, picked = read_video(str(path), 17, fps=24, with_indices=True)
+    assert picked == [stride * k for k in range(17)]
+    assert _levels(video) == picked  # the frames are the ones named
+    assert _levels(read_video(str(path), 9)) == list(range(9))  # no fps: the first frames, as before
+
+
+def test_read_video_upsamples_and_names_a_short_clip(tmp_path):
+    path = tmp_path / "slow.mp4"
+    _ramp_video(path, 10, 12)
+    video, picked = read_video(str(path), 17, fps=24, with_indices=True)
+    assert len(video) == 17 and picked == sorted(picked) and set(picked) == set(range(9))
+    with pytest.raises(DataError, match=r"lasts 0\.750 s; 17 frames at 12 fps need 1\.333 s"):
+        read_video(str(path), 17, fps=12)
+
+
+def test_folder_fps_resamples_video_and_its_gt_masks(tmp_path):
+    root = tmp_path / "d"
+    synth_folder(str(root), 2, seed=SEED, size=SIZE, frames=9)  # written at the world's rate
+    half_rate = WorldConfig.fps / 2
+    plain = FolderDataset(root, size=SIZE, frames=9, garment_masks=True)
+    half = FolderDataset(root, size=SIZE, frames=5, garment_masks=True, fps=half_rate)
+    a, b = plain[1], half[1]
+    assert torch.equal(b["video"], a["video"][:, ::2]) and torch.equal(b["garment_mask"], a["garment_mask"][::2])
+    with pytest.raises(DataError, match=r"row 1 \(meta_data.csv line 3\).*lasts 0.500 s"):  # too short at half rate
+        FolderDataset(root, size=SIZE, frames=9, fps=half_rate).load(1)
+    with pytest.raises(ValueError, match="fps must be > 0"):
+        FolderDataset(root, size=SIZE, frames=5, fps=0)

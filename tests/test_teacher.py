@@ -339,3 +339,15 @@ def test_adaln_zero_init_starts_every_block_as_the_identity(teacher_run):
     out, _ = teacher_run
     with pytest.raises(ValueError, match="from-scratch"):
         build_components(ModelConfig(init=str(out / "final"), init_scheme="adaln_zero"))
+
+
+def test_data_fps_is_for_folder_data_only():
+    from teacher.common import DataConfig
+
+    assert DataConfig(source="folder", root="x", fps=24).fps == 24
+    with pytest.raises(ValueError, match="data.fps resamples folder videos"):
+        DataConfig(source="world", fps=24)
+    with pytest.raises(ValueError, match="data.fps must be > 0"):
+        DataConfig(source="folder", fps=0)
+    cfg = load_yaml_config(ROOT / "teacher/configs/wan2.2-5b.yaml", train_teacher.SECTIONS)
+    assert cfg["data"].fps == 24  # Wan2.2's rate; real footage at 25/30/60 fps keeps its speed

@@ -5,7 +5,8 @@ Layout of a dataset folder::
     meta_data.csv   columns: src_image, cloth_image, video, prompt [, gt]   (paths relative to the folder)
     src/*.png       reference image (the person, any garment)
     cloth/*.png     garment product image
-    video/*.mp4     the person wearing the garment, at least `frames` frames (the first `frames` are used)
+    video/*.mp4     the person wearing the garment: the first `frames` frames are used, or, with `fps`, the clip's
+                    start resampled to that rate by the frames' timestamps
     gt/*.npz        optional ground-truth sidecar per row (synthetic data only)
 
 Preprocessing (paper §B): garment letterboxed on white; reference and video frames resized to cover and
@@ -80,28 +81,63 @@ def read_image(path: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_video(path: str, frames: int) -> np.ndarray:
-    """First `frames` frames as uint8 [T, H, W, 3] RGB; raises DataError if missing, corrupt or too short."""
+def read_video(path: str, frames: int, fps: float | None = None, with_indices: bool = False):
+    """`frames` frames as uint8 [T, H, W, 3] RGB; raises DataError if missing, corrupt or too short.
+
+    fps None: the first `frames` decoded frames. fps given: the clip is resampled to that rate from its start, by
+    the frames' own timestamps (nearest frame to t0 + k / fps), so footage at 25/30/60 fps trains at the model's
+    rate and motion keeps its real speed. `with_indices` also returns the chosen source frame numbers (to pick
+    matching per-frame sidecars)."""
     import av  # deferred: only needed for folder data
 
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
     if not os.path.isfile(path):
         raise DataError(f"missing file {path}")
-    out = []
+    out: list[np.ndarray] = []
+    picked: list[int] = []
+    last_time = None
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise DataError(f"cannot decode video {path}: no video stream found")
-            for frame in container.decode(video=0):
-                out.append(frame.to_ndarray(format="rgb24"))
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            prev = None  # (index, time, image) of the frame before the current one
+            t0 = None
+            for n, frame in enumerate(container.decode(video=0)):
+                if fps is None:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                    picked.append(n)
+                    if len(out) == frames:
+                        break
+                    continue
+                t = frame.time if frame.time is not None else (n / rate if rate else None)
+                if t is None:
+                    raise DataError(f"cannot resample video {path}: its frames carry no timestamps")
+                t0 = t if t0 is None else t0
+                cur = (n, t, frame)
+                # every target time up to this frame goes to whichever of prev / cur is nearer
+                while len(out) < frames and t0 + len(out) / fps <= t + 1e-9:
+                    target = t0 + len(out) / fps
+                    best = prev if prev is not None and target - prev[1] < t - target else cur
+                    out.append(best[2].to_ndarray(format="rgb24"))
+                    picked.append(best[0])
                 if len(out) == frames:
                     break
+                prev, last_time = cur, t
     except DataError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise DataError(f"cannot decode video {path}: {e}") from e
     if len(out) < frames:
-        raise DataError(f"video {path} has {len(out)} frames, need {frames}")
-    return np.stack(out)
+        if fps is None:
+            raise DataError(f"video {path} has {len(out)} frames, need {frames}")
+        have = 0.0 if last_time is None or t0 is None else last_time - t0
+        raise DataError(f"video {path} lasts {have:.3f} s; {frames} frames at {fps:g} fps need "
+                        f"{(frames - 1) / fps:.3f} s")
+    video = np.stack(out)
+    return (video, picked) if with_indices else video
 
 
 def write_video(path: str, frames: np.ndarray, fps: int, crf: int) -> None:
@@ -155,8 +191,11 @@ class FolderDataset(Dataset):
     skipped (see `bad_rows`); otherwise a bad row raises DataError when it is read."""
 
     def __init__(self, root: str, size=(160, 128), frames: int = 9, skip_bad: bool = False,
-                 garment_masks: bool = False, body_masks: bool = False):
+                 garment_masks: bool = False, body_masks: bool = False, fps: float | None = None):
         self.root = os.fspath(root)
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps must be > 0 (or None: the source's frames as they are), got {fps}")
+        self.fps = fps  # resample every clip to this rate (see read_video)
         # per-frame region masks for the loss weights; both need the gt sidecar column on every row
         self.garment_masks, self.body_masks = bool(garment_masks), bool(body_masks)
         self.size = check_size(size)
@@ -190,7 +229,7 @@ class FolderDataset(Dataset):
         try:
             ref = read_image(self._path(r.src_image))
             cloth = read_image(self._path(r.cloth_image))
-            video = read_video(self._path(r.video), self.frames)
+            video, picked = read_video(self._path(r.video), self.frames, self.fps, with_indices=True)
         except DataError as e:
             raise DataError(f"{_where(row)}: {e}") from e
         video = np.stack([fit_crop(f, H, W) for f in video])
@@ -202,18 +241,20 @@ class FolderDataset(Dataset):
             "row": row,
         }
         if self.garment_masks or self.body_masks:
-            masks = self._gt_masks(row)
+            masks = self._gt_masks(row, picked)
             if self.garment_masks:
                 item["garment_mask"] = self._region(masks == UPPER)
             if self.body_masks:
                 item["body_mask"] = self._region(masks != BACKGROUND)
         return item
 
-    def _gt_masks(self, row: int) -> np.ndarray:
+    def _gt_masks(self, row: int, picked: list[int]) -> np.ndarray:
+        """The sidecar's masks of the video frames that were picked (`read_video`'s indices)."""
         masks = self.load_gt(row).get("masks")
-        if masks is None or masks.ndim != 3 or len(masks) < self.frames:
-            raise DataError(f"{_where(row)}: gt sidecar has no per-frame 'masks' for {self.frames} frames")
-        return masks[:self.frames]
+        if masks is None or masks.ndim != 3 or len(masks) <= max(picked):
+            raise DataError(f"{_where(row)}: gt sidecar has no per-frame 'masks' for source frames up to "
+                            f"{max(picked)}")
+        return masks[picked]
 
     def _region(self, region: np.ndarray) -> torch.Tensor:
         """A boolean region `[T, H, W]` of the gt label masks -> 0..1, cropped like the video."""
@@ -244,7 +285,7 @@ class FolderDataset(Dataset):
             r = self._row(row)
             for rel in (r.src_image, r.cloth_image):
                 read_image(self._path(rel))
-            read_video(self._path(r.video), self.frames)
+            read_video(self._path(r.video), self.frames, self.fps)
             if r.gt is not None and not os.path.isfile(self._path(r.gt)):
                 raise DataError(f"missing file {self._path(r.gt)}")
         except DataError as e:
