@@ -66,8 +66,9 @@ def prepare(d: Path, size: int, frames: int, clips: int) -> tuple[Path, Path, di
 
     d.mkdir(parents=True, exist_ok=True)
     mini = build_mini_wan(d / MINI_DIR)
+    # clips longer than the training window, so the configs' random windows (data.clip_start) have room to move
     synth(["--out", str(d / "data"), "--clips", str(clips), "--seed", "5", "--size", f"{size}x{size}",
-           "--frames", str(frames)])
+           "--frames", str(2 * frames - 1)])
     return mini, d / "data", write_configs(d, mini, d / "data", size, frames)
 
 

@@ -221,10 +221,14 @@ def load_yaml_config(path: str | os.PathLike, sections: Mapping[str, type]) -> d
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffled order that is a pure function of (seed, epoch): required for exact resume."""
+    """Shuffled order that is a pure function of (seed, epoch): required for exact resume.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    `epoch_indexed`: yield `epoch * n + i` instead of `i`, for datasets that vary an item by epoch (a random
+    temporal window per visit) and so must know the epoch in every worker; they take `i % n` as the item."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, epoch_indexed: bool = False):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.epoch_indexed = epoch_indexed
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -234,9 +238,12 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        base = self.epoch * self.n if self.epoch_indexed else 0
+        return iter([base + i for i in order])
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -439,7 +446,8 @@ class Trainer:
             self._sampler = None
             self.dataloader = acc.prepare(train_data)
         else:
-            self._sampler = EpochSampler(len(train_data), config.seed)
+            self._sampler = EpochSampler(len(train_data), config.seed,
+                                         epoch_indexed=bool(getattr(train_data, "epoch_indexed", False)))
             dl = DataLoader(train_data, batch_size=config.batch_size, sampler=self._sampler, drop_last=True,
                             num_workers=config.num_workers, collate_fn=collate_fn,
                             worker_init_fn=_single_threaded if config.num_workers else None,

@@ -66,6 +66,9 @@ class ModelConfig:
             raise ValueError(f"model.init_scheme must be one of {INIT_SCHEMES}, got {self.init_scheme!r}")
 
 
+CLIP_STARTS = ("first", "random")
+
+
 @dataclass
 class DataConfig:
     source: str = "world"  # world (procedural mannequin world) | folder (meta_data.csv format)
@@ -74,6 +77,10 @@ class DataConfig:
     # folder data: resample each clip to this frame rate by its timestamps (e.g. 24 for Wan2.2, 16 for Wan2.1),
     # so 25/30/60 fps footage moves at its real speed; None takes the first `frames` frames as they are
     fps: float | None = None
+    # folder data: where each clip's window starts. "first": at the clip's start. "random": anywhere the clip
+    # allows, drawn anew per row and epoch from (seed, row, epoch), so long clips give many windows and --resume
+    # stays exact
+    clip_start: str = "first"
     train_length: int = 100_000  # world clips per epoch (rendered on the fly)
     val_length: int = 8
     seed: int = 0
@@ -97,6 +104,10 @@ class DataConfig:
         for name in ("garment_loss_weight", "body_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.clip_start not in CLIP_STARTS:
+            raise ValueError(f"data.clip_start must be one of {CLIP_STARTS}, got {self.clip_start!r}")
+        if self.clip_start != "first" and self.source != "folder":
+            raise ValueError("data.clip_start places windows in folder videos; the world renders each clip whole")
         if self.fps is not None:
             if self.source != "folder":
                 raise ValueError("data.fps resamples folder videos; the world renders at its own rate "
@@ -287,7 +298,7 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
     root = _require_dir(data.root or "", "data.root (real-data folder with meta_data.csv)")
     return FolderDataset(root, size=size, frames=data.frames, skip_bad=data.skip_bad,
                          garment_masks=data.garment_loss_weight > 0, body_masks=data.body_loss_weight > 0,
-                         fps=data.fps)
+                         fps=data.fps, clip_start=data.clip_start, seed=seed)
 
 
 MASK_KEYS = ("garment_mask", "body_mask")
@@ -335,6 +346,10 @@ class Triplets(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ds)
+
+    @property
+    def epoch_indexed(self) -> bool:  # see trainer.EpochSampler
+        return bool(getattr(self.ds, "epoch_indexed", False))
 
     def __getitem__(self, i: int) -> dict:
         d = self.ds[i]

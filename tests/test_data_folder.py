@@ -306,3 +306,48 @@ def test_folder_fps_resamples_video_and_its_gt_masks(tmp_path):
         FolderDataset(root, size=SIZE, frames=9, fps=half_rate).load(1)
     with pytest.raises(ValueError, match="fps must be > 0"):
         FolderDataset(root, size=SIZE, frames=5, fps=0)
+
+
+@pytest.mark.parametrize("start,first", [(0.0, 0), (0.5, 25), (1.0, 51)])
+def test_read_video_window_start_seeks_to_whole_frames(tmp_path, start, first):
+    path = tmp_path / "ramp.mp4"
+    _ramp_video(path, 60, 24)
+    video, picked = read_video(str(path), 9, start=start, with_indices=True)
+    assert picked == list(range(first, first + 9)) and _levels(video) == picked
+
+
+def test_read_video_window_with_resampling_ends_inside_the_clip(tmp_path):
+    path = tmp_path / "ramp48.mp4"
+    _ramp_video(path, 60, 48)
+    # 1.25 s of clip, a 9-frame window at 12 fps spans 0.667 s: the latest start is 27 frames in
+    video, picked = read_video(str(path), 9, fps=12, start=1.0, with_indices=True)
+    assert picked == [27 + 4 * k for k in range(9)] and _levels(video) == picked
+    mid = read_video(str(path), 9, fps=12, start=0.5, with_indices=True)[1]
+    assert 0 < mid[0] < 27 and np.all(np.diff(mid) == 4)
+
+
+def test_random_clip_windows_move_with_the_epoch_and_repeat_exactly(tmp_path):
+    root = tmp_path / "long"
+    synth_folder(str(root), 3, seed=SEED, size=SIZE, frames=33)
+    ds = FolderDataset(root, size=SIZE, frames=5, clip_start="random", seed=7, garment_masks=True)
+    assert ds.epoch_indexed and len(ds) == 3 and len(list(ds)) == 3
+    a, again, later = ds[1], FolderDataset(root, size=SIZE, frames=5, clip_start="random", seed=7)[1], ds[1 + 3]
+    assert torch.equal(a["video"], again["video"])  # a pure function of (seed, row, epoch)
+    assert a["row"] == later["row"] == 1 and not torch.equal(a["video"], later["video"])  # the next epoch moves
+    # the masks come from the same source frames as the video
+    full = FolderDataset(root, size=SIZE, frames=33, garment_masks=True)[1]
+    starts = [int(np.argmin([float((a["video"][:, 0] - full["video"][:, j]).abs().mean()) for j in range(33)]))]
+    s = starts[0]
+    assert torch.equal(a["garment_mask"], full["garment_mask"][s:s + 5])
+    with pytest.raises(IndexError):
+        FolderDataset(root, size=SIZE, frames=5)[3]  # only an epoch-indexed dataset takes i >= len
+
+
+def test_epoch_indexed_sampler_hands_the_epoch_to_the_dataset():
+    from fashionchameleon.trainer import EpochSampler
+
+    plain, indexed = EpochSampler(5, seed=3), EpochSampler(5, seed=3, epoch_indexed=True)
+    for epoch in (0, 2):
+        plain.set_epoch(epoch)
+        indexed.set_epoch(epoch)
+        assert list(indexed) == [epoch * 5 + i for i in plain]

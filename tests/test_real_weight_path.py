@@ -219,15 +219,17 @@ def test_streaming_a_raw_diffusers_directory_explains_what_to_do(chain):
 
 
 def test_teacher_resume_on_the_real_path_is_exact(chain, tmp_path):
-    """`--until 1` then `--resume` on the real-data folder with bf16 autocast gives the uninterrupted run's weights."""
+    """`--until 3` then `--resume` on the real-data folder (random clip windows, bf16 autocast; 2 optimizer steps
+    an epoch, so the resume crosses into a new epoch's windows) gives the uninterrupted run's weights."""
     from safetensors.torch import load_file
 
     d, _, _ = chain
-    base = [sys.executable, "-m", "teacher.train_teacher", "--config", str(d / "teacher.yaml"), "--smoke"]
-    for extra in ([], ["--until", "1"], ["--resume"]):
+    base = [sys.executable, "-m", "teacher.train_teacher", "--config", str(d / "teacher.yaml"), "--smoke",
+            "--max-steps", "4"]
+    for extra in ([], ["--until", "3"], ["--resume"]):
         out = tmp_path / ("split" if extra else "full")
         r = subprocess.run([*base, "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    full, split = (load_file(str(tmp_path / run / "step_000002" / "teacher" / "model.safetensors"))
+    full, split = (load_file(str(tmp_path / run / "step_000004" / "teacher" / "model.safetensors"))
                    for run in ("full", "split"))
     assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)

@@ -341,7 +341,7 @@ def test_adaln_zero_init_starts_every_block_as_the_identity(teacher_run):
         build_components(ModelConfig(init=str(out / "final"), init_scheme="adaln_zero"))
 
 
-def test_data_fps_is_for_folder_data_only():
+def test_data_fps_and_clip_start_are_for_folder_data_only():
     from teacher.common import DataConfig
 
     assert DataConfig(source="folder", root="x", fps=24).fps == 24
@@ -349,5 +349,10 @@ def test_data_fps_is_for_folder_data_only():
         DataConfig(source="world", fps=24)
     with pytest.raises(ValueError, match="data.fps must be > 0"):
         DataConfig(source="folder", fps=0)
+    with pytest.raises(ValueError, match="data.clip_start must be one of"):
+        DataConfig(source="folder", clip_start="middle")
+    with pytest.raises(ValueError, match="clip_start places windows in folder videos"):
+        DataConfig(source="world", clip_start="random")
     cfg = load_yaml_config(ROOT / "teacher/configs/wan2.2-5b.yaml", train_teacher.SECTIONS)
     assert cfg["data"].fps == 24  # Wan2.2's rate; real footage at 25/30/60 fps keeps its speed
+    assert cfg["data"].clip_start == "random"

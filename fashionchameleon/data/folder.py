@@ -16,6 +16,7 @@ centre-cropped. Items are dicts of tensors in [-1, 1]: reference [3,H,W], garmen
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 
@@ -81,42 +82,77 @@ def read_image(path: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_video(path: str, frames: int, fps: float | None = None, with_indices: bool = False):
+def _extent(container, stream) -> tuple[float, float, float | None]:
+    """(first frame time, duration in seconds, frame rate) from the container's metadata; 0 duration if unknown."""
+    rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+    tb = float(stream.time_base) if stream.time_base else None
+    first = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    if stream.duration and tb:
+        dur = float(stream.duration * tb)
+    elif container.duration:
+        dur = float(container.duration) / 1e6  # AV_TIME_BASE
+    elif stream.frames and rate:
+        dur = stream.frames / rate
+    else:
+        dur = 0.0
+    return first, dur, rate
+
+
+def read_video(path: str, frames: int, fps: float | None = None, start: float = 0.0, with_indices: bool = False):
     """`frames` frames as uint8 [T, H, W, 3] RGB; raises DataError if missing, corrupt or too short.
 
-    fps None: the first `frames` decoded frames. fps given: the clip is resampled to that rate from its start, by
-    the frames' own timestamps (nearest frame to t0 + k / fps), so footage at 25/30/60 fps trains at the model's
-    rate and motion keeps its real speed. `with_indices` also returns the chosen source frame numbers (to pick
-    matching per-frame sidecars)."""
+    fps None: consecutive decoded frames. fps given: the clip is resampled to that rate by the frames' own
+    timestamps (nearest frame to t0 + k / fps), so footage at 25/30/60 fps trains at the model's rate and motion
+    keeps its real speed. `start` in [0, 1] places the window in the clip: 0 = its beginning, 1 = as late as the
+    clip allows (random temporal crops of long clips; the container is seeked, not decoded from the start).
+    `with_indices` also returns the chosen source frame numbers (to pick matching per-frame sidecars)."""
     import av  # deferred: only needed for folder data
 
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"start must be in [0, 1], got {start}")
     if not os.path.isfile(path):
         raise DataError(f"missing file {path}")
     out: list[np.ndarray] = []
     picked: list[int] = []
     last_time = None
+    t0 = None
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise DataError(f"cannot decode video {path}: no video stream found")
             stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            prev = None  # (index, time, image) of the frame before the current one
-            t0 = None
+            first, dur, rate = _extent(container, stream)
+            skip_before = None
+            if start > 0 and rate and dur > 0:
+                # the last frame starts 1/rate before the end: a resampled window's last target must not pass it
+                slack = max(0.0, dur - 1.0 / rate - (frames - 1) / fps) if fps else max(0.0, dur - frames / rate)
+                # whole source frames when not resampling, so the window starts on a frame
+                offset = start * slack if fps else math.floor(start * slack * rate + 1e-6) / rate
+                if offset > 0:
+                    skip_before = first + offset - 0.5 / rate
+                    container.seek(int((first + offset) / float(stream.time_base)), stream=stream, backward=True)
+
+            def index(n: int, t: float | None) -> int:
+                # after a seek the decode count no longer numbers the frames; their timestamps do
+                return int(round((t - first) * rate)) if skip_before is not None and t is not None else n
+
+            prev = None  # (index, time, frame) of the frame before the current one
             for n, frame in enumerate(container.decode(video=0)):
+                t = frame.time if frame.time is not None else (n / rate if rate else None)
+                if skip_before is not None and (t is None or t < skip_before):
+                    continue
                 if fps is None:
                     out.append(frame.to_ndarray(format="rgb24"))
-                    picked.append(n)
+                    picked.append(index(n, t))
                     if len(out) == frames:
                         break
                     continue
-                t = frame.time if frame.time is not None else (n / rate if rate else None)
                 if t is None:
                     raise DataError(f"cannot resample video {path}: its frames carry no timestamps")
                 t0 = t if t0 is None else t0
-                cur = (n, t, frame)
+                cur = (index(n, t), t, frame)
                 # every target time up to this frame goes to whichever of prev / cur is nearer
                 while len(out) < frames and t0 + len(out) / fps <= t + 1e-9:
                     target = t0 + len(out) / fps
@@ -191,11 +227,17 @@ class FolderDataset(Dataset):
     skipped (see `bad_rows`); otherwise a bad row raises DataError when it is read."""
 
     def __init__(self, root: str, size=(160, 128), frames: int = 9, skip_bad: bool = False,
-                 garment_masks: bool = False, body_masks: bool = False, fps: float | None = None):
+                 garment_masks: bool = False, body_masks: bool = False, fps: float | None = None,
+                 clip_start: str = "first", seed: int = 0):
         self.root = os.fspath(root)
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be > 0 (or None: the source's frames as they are), got {fps}")
+        if clip_start not in ("first", "random"):
+            raise ValueError(f"clip_start must be 'first' or 'random', got {clip_start!r}")
         self.fps = fps  # resample every clip to this rate (see read_video)
+        # random: the window moves with (seed, row, epoch); the trainer's sampler then passes epoch * len + i
+        self.clip_start, self.seed = clip_start, int(seed)
+        self.epoch_indexed = clip_start == "random"
         # per-frame region masks for the loss weights; both need the gt sidecar column on every row
         self.garment_masks, self.body_masks = bool(garment_masks), bool(body_masks)
         self.size = check_size(size)
@@ -222,14 +264,21 @@ class FolderDataset(Dataset):
             raise DataError(reason)
         return r
 
-    def load(self, row: int) -> dict:
+    def window_start(self, row: int, epoch: int) -> float:
+        """Where row's window starts in its clip on this visit, in [0, 1] (see read_video)."""
+        if self.clip_start == "first":
+            return 0.0
+        return float(np.random.default_rng([self.seed, row, epoch]).random())
+
+    def load(self, row: int, epoch: int = 0) -> dict:
         """Read and preprocess one csv row (by its row number), raising DataError naming the row."""
         r = self._row(row)
         H, W = self.size
         try:
             ref = read_image(self._path(r.src_image))
             cloth = read_image(self._path(r.cloth_image))
-            video, picked = read_video(self._path(r.video), self.frames, self.fps, with_indices=True)
+            video, picked = read_video(self._path(r.video), self.frames, self.fps, self.window_start(row, epoch),
+                                       with_indices=True)
         except DataError as e:
             raise DataError(f"{_where(row)}: {e}") from e
         video = np.stack([fit_crop(f, H, W) for f in video])
@@ -263,7 +312,13 @@ class FolderDataset(Dataset):
         return torch.from_numpy(m if self.uint8 else m.astype(np.float32) / 255.0)
 
     def __getitem__(self, i: int) -> dict:
-        return self.load(self._index[i])
+        if not 0 <= i < len(self._index) and not (self.epoch_indexed and i >= 0):
+            raise IndexError(f"item {i} of {len(self._index)}")
+        epoch, k = divmod(i, len(self._index))  # i >= len only from an epoch-indexed sampler
+        return self.load(self._index[k], epoch)
+
+    def __iter__(self):  # one epoch, even when epoch-indexed
+        return (self[i] for i in range(len(self)))
 
     def load_gt(self, row: int) -> dict:
         """The ground-truth sidecar of a row as a dict of arrays (synthetic folders only)."""
