@@ -277,8 +277,14 @@ class FolderDataset(Dataset):
         try:
             ref = read_image(self._path(r.src_image))
             cloth = read_image(self._path(r.cloth_image))
-            video, picked = read_video(self._path(r.video), self.frames, self.fps, self.window_start(row, epoch),
-                                       with_indices=True)
+            start = self.window_start(row, epoch)
+            try:
+                video, picked = read_video(self._path(r.video), self.frames, self.fps, start, with_indices=True)
+            except DataError:
+                if start == 0:
+                    raise
+                # a container whose duration overstates its frames: the validated window at the start stands in
+                video, picked = read_video(self._path(r.video), self.frames, self.fps, 0.0, with_indices=True)
         except DataError as e:
             raise DataError(f"{_where(row)}: {e}") from e
         video = np.stack([fit_crop(f, H, W) for f in video])
