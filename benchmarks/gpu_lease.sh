@@ -8,9 +8,10 @@
 #   bash benchmarks/gpu_lease.sh bench
 #   bash benchmarks/gpu_lease.sh real_fsdp                  # the wan2.2-5b configs on a miniature Wan2.2 directory
 #                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
-#                                                            # FSDP as the control (needs transformers, tokenizers in .whl/)
+#                                                            # FSDP as the control (.whl/ needs av too)
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
-# The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored) are installed first if present.
+# The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored; `bash benchmarks/gpu_wheels.sh [PKG ...]`
+# fills it) are installed first if present.
 # Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
 set -uo pipefail
 STAGE=${1:?stage: teacher | distill | bench}
