@@ -115,7 +115,7 @@ real_fsdp)  # FSDP code paths (flat/sharded params, EMA, full-state-dict exports
           --fsdp_transformer_layer_cls_to_wrap CausalWanBlock --fsdp_state_dict_type FULL_STATE_DICT"
     for V in 1 2; do
         timeout 300 python3 benchmarks/real_path_smoke.py --out "runs/real_fsdp$V" --size 128 --frames 33 --clips 4 \
-            --launch "accelerate launch --num_processes 1 --mixed_precision bf16 $FSDP --fsdp_version $V" \
+            --launch "python3 -m accelerate.commands.launch --num_processes 1 --mixed_precision bf16 $FSDP --fsdp_version $V" \
             --expect FSDP --json "$OUT/real_fsdp$V.json" || echo "FSDP$V chain failed (rc $?)"
     done
     timeout 300 python3 benchmarks/real_path_smoke.py --out runs/real_plain --size 128 --frames 33 --clips 4 \
