@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, module, _ in STAGES:
         t0 = time.perf_counter()
         cmd = [*launch, module, "--config", str(cfgs[name]), "--smoke", "--out", str(d / name)]
-        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        # keep the caller's PYTHONPATH (gpu_lease.sh installs the carried wheels there)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": path})
         res_file = d / name / "result.json"
         res = json.loads(res_file.read_text()) if res_file.is_file() else {}
         keep = ("step", "loss", "gen_loss", "critic_loss", "distributed_type", "num_processes", "mixed_precision")
