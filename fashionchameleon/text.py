@@ -46,6 +46,9 @@ class LearnedTextEncoder(ModelMixin, ConfigMixin):
         return h * (ids > 0).unsqueeze(-1).to(h.dtype)  # empty prompt -> zeros (the CFG null condition)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+
+
 class UMT5TextEncoder(nn.Module):
     """Wan's umT5-XXL encoder from a local diffusers/transformers directory (needs the `text` extra)."""
 
@@ -64,11 +67,21 @@ class UMT5TextEncoder(nn.Module):
         path = Path(path)
         tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path
         enc_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
-        if not enc_dir.is_dir():
-            raise FileNotFoundError(f"umT5 directory not found: {enc_dir}")
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        encoder = UMT5EncoderModel.from_pretrained(enc_dir, local_files_only=True, torch_dtype=dtype,
-                                                   use_safetensors=True)
+        if not (enc_dir / "config.json").is_file():
+            raise FileNotFoundError(f"umT5 encoder not found: {enc_dir} has no config.json (a Wan directory keeps it "
+                                    "in text_encoder/)")
+        if not any((tok_dir / f).is_file() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(f"umT5 tokenizer not found: {tok_dir} has none of {TOKENIZER_FILES} (a Wan "
+                                    "directory keeps them in tokenizer/)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the umT5 tokenizer in {tok_dir}: {e}") from e
+        try:
+            encoder = UMT5EncoderModel.from_pretrained(enc_dir, local_files_only=True, torch_dtype=dtype,
+                                                       use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the umT5 encoder in {enc_dir} (safetensors only): {e}") from e
         return cls(tokenizer, encoder.eval(), max_length)
 
     @torch.no_grad()

@@ -140,6 +140,11 @@ def test_mismatched_directory_fails_clearly(chain, tmp_path):
     WanTransformer3DModel(**{**kw, "in_channels": 16, "out_channels": 16}).save_pretrained(bad / "transformer")
     with pytest.raises(ValueError, match="in_channels=16 but the VAE has z_dim=48"):
         build_components(ModelConfig(preset="wan2.2-5b", pretrained=str(bad), height=SIZE, width=SIZE))
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(mini, no_tok)
+    shutil.rmtree(no_tok / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="umT5 tokenizer not found.*no_tokenizer"):
+        build_components(ModelConfig(preset="wan2.2-5b", pretrained=str(no_tok), height=SIZE, width=SIZE))
     with pytest.raises(ValueError, match="multiple of 32x32"):
         build_components(ModelConfig(preset="wan2.2-5b", pretrained=str(mini), height=SIZE + 16, width=SIZE))
 
