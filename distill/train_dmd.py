@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer = Trainer(train_cfg, {"generator": gen, "critic": critic, "teacher": real},
                       make_step_fn(comp, dmd, train_cfg.seed, data), data_ds, optimizers=opts, eval_fn=eval_fn)
-    comp.place(trainer.accelerator.device)
+    comp.place(trainer.accelerator.device, trainer.frozen_dtype)
     res = trainer.train(resume=args.resume, until=args.until)
     card = (f"# GR-DMD generator ({comp.preset.name})\n\nGenerator from `{model_cfg.init}`, teacher "
             f"`{dmd.teacher}`, tau={dmd.tau}, reward={dmd.reward.kind}; {res['step']} steps, "

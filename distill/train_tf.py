@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer = Trainer(train_cfg, {"student": wrap(comp)}, make_step_fn(comp, data, cfg["tf"]), train_ds,
                       eval_fn=eval_fn)
-    comp.place(trainer.accelerator.device)
+    comp.place(trainer.accelerator.device, trainer.frozen_dtype)
     res = trainer.train(resume=args.resume, until=args.until)
     card = (f"# Teacher-forcing student ({comp.preset.name})\n\nInitialised from `{model_cfg.init}`; "
             f"{res['step']} steps, {res['samples_seen']} samples, {res['elapsed_s']:.0f} s CPU; "

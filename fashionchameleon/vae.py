@@ -14,6 +14,8 @@ fresh (random) one from a preset dict.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import os
@@ -69,6 +71,18 @@ def _as_channel_tensor(value: float | Sequence[float], z_dim: int, name: str, re
     if t.numel() != z_dim:
         raise ValueError(f"{name} has {t.numel()} entries but z_dim is {z_dim}")
     return t.view(1, z_dim, 1, 1, 1)
+
+
+def _outside_autocast(fn):
+    """Frozen-VAE calls run in the VAE's own dtype even inside a training step's autocast: its latents are the
+    training targets, and the trainer autocasts the whole step (fashionchameleon/trainer.py)."""
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        with torch.autocast(self.device.type, enabled=False):
+            return fn(self, *args, **kwargs)
+
+    return run
 
 
 class _LatentNormMixin:
@@ -198,12 +212,14 @@ class WanVAE(_LatentNormMixin, nn.Module):
         return list(self.vae.config.latents_std)
 
     @torch.no_grad()
+    @_outside_autocast
     def encode_video(self, x: torch.Tensor) -> torch.Tensor:
         self._check_video(x)
         posterior = self.vae.encode(x.to(device=self.device, dtype=self.dtype)).latent_dist
         return self.normalize(posterior.mode())
 
     @torch.no_grad()
+    @_outside_autocast
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self._check_latent(z)
         z = self.denormalize(z.to(device=self.device, dtype=self.dtype))
@@ -407,10 +423,12 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
 
     # -- public interface ---------------------------------------------------------------------------------------------
     @torch.no_grad()
+    @_outside_autocast
     def encode_video(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.encode_raw(x.to(device=self.device, dtype=self.dtype)))
 
     @torch.no_grad()
+    @_outside_autocast
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = self.denormalize(z.to(device=self.device, dtype=self.dtype))
         return self.decode_raw(z).clamp(-1.0, 1.0)

@@ -129,11 +129,18 @@ class Components:
         s = self.preset.stream
         return FlowMatching(s.num_train_timesteps, s.timestep_shift)
 
-    def place(self, device) -> "Components":
-        """Move the frozen VAE and text encoder to the trainer's device (the trainer only moves what it holds)."""
+    def place(self, device, frozen_dtype: torch.dtype | None = None) -> "Components":
+        """Move the frozen VAE and text encoder to the trainer's device (the trainer only moves what it holds).
+        `frozen_dtype` (the trainer's) is applied to a frozen text encoder that stage folders reference by path
+        (umT5: 23 GB in fp32, 11 GB in bf16); the VAE stays fp32, and an encoder that is saved with the stage
+        (the learned one) keeps its weights exact."""
         self.vae.to(device)
         if isinstance(self.text_encoder, torch.nn.Module):
+            frozen = not any(p.requires_grad for p in self.text_encoder.parameters())
+            by_path = not hasattr(self.text_encoder, "save_pretrained")
             self.text_encoder.to(device)
+            if frozen and by_path and frozen_dtype is not None:
+                self.text_encoder.to(frozen_dtype)
         return self
 
 
@@ -600,8 +607,8 @@ class _RoutedTransformer:
 
 class Routed:
     """A prepared `TextDiT` as a step function uses it (`.transformer(...)`, `.encode(...)`), with every call made
-    through the DDP/FSDP wrapper: DDP syncs gradients only of calls made through its forward, and FSDP gathers
-    the root's shards only there. A plain (single-process) module is used as it is."""
+    through the DDP/FSDP wrapper: DDP syncs gradients only of calls made through its forward, FSDP gathers the
+    root's shards only there, and accelerate's mixed-precision autocast sits on that forward too."""
 
     def __init__(self, model: torch.nn.Module, accelerator):
         inner = accelerator.unwrap_model(model)
@@ -609,7 +616,8 @@ class Routed:
             raise TypeError(f"routed() expects a prepared TextDiT, got {type(inner).__name__}")
         self.module = inner
         self._outer = model
-        self.transformer = inner.transformer if model is inner else _RoutedTransformer(model, inner.transformer)
+        # routed even in one process: accelerate puts autocast (and fp32 outputs) on the prepared model's forward
+        self.transformer = _RoutedTransformer(model, inner.transformer)
 
     def encode(self, prompts: list[str], frozen: torch.nn.Module | None = None) -> torch.Tensor:
         return self._outer(prompts=list(prompts), frozen_text=frozen)

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return res
 
     trainer = Trainer(train_cfg, {"teacher": wrap(comp)}, make_step_fn(comp, data), train_ds, eval_fn=eval_fn)
-    comp.place(trainer.accelerator.device)
+    comp.place(trainer.accelerator.device, trainer.frozen_dtype)
     res = trainer.train(resume=args.resume, until=args.until)
     finish_stage(trainer, res, "teacher", comp, out, model_card(res, cfg, comp, res.get("sheet")),
                  ("step", "samples_seen", "elapsed_s", "loss"))

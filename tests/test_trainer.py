@@ -224,3 +224,48 @@ def test_latent_step_ratio_and_temporal_loss_see_held_then_jumping_frames():
     assert temporal_l1(smooth, smooth) == 0
     assert temporal_l1(held, smooth) > 0
     assert temporal_l1(smooth[:, :, :1], held[:, :, :1]) == 0
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process; this test needs bf16 beside the suite's fp32."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_reaches_routed_and_frozen_models(tmp_path, fresh_accelerate_state):
+    """With mixed_precision bf16 (CPU autocast here), the routed transformer of a prepared model and a frozen model
+    the step calls directly both compute in bf16, the frozen one is stored in bf16, the trained weights stay fp32
+    and get gradients. (Routed calls in one process used to bypass accelerate's autocast: fp32 throughout.)"""
+    import copy
+
+    from teacher.common import ModelConfig, build_components, routed, wrap
+
+    comp = build_components(ModelConfig(preset="test"))
+    frozen = copy.deepcopy(comp.transformer).requires_grad_(False).eval()
+    seen: dict[str, torch.dtype] = {}
+    for name, m in (("trained", comp.transformer), ("frozen", frozen)):
+        m.proj_out.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, out.dtype))
+    z, (h, w) = comp.transformer.config.in_channels, comp.preset.latent_hw
+
+    def step(ctx, batch):
+        (x,) = batch
+        model = routed(ctx, "model")
+        text = model.encode(["walks forward"] * x.shape[0])
+        t = torch.full((x.shape[0], x.shape[2]), 500.0)
+        with torch.no_grad():
+            target = ctx.models["frozen"](x, t, text, attention_mode="bidirectional").sample
+        out = model.transformer(x, t, text, attention_mode="bidirectional").sample
+        return {"loss": (out.float() - target.float()).pow(2).mean()}
+
+    data = TensorDataset(torch.randn(4, z, 2, h, w))
+    cfg = TrainConfig(output_dir=str(tmp_path), max_steps=1, batch_size=2, mixed_precision="bf16", save_every=1)
+    tr = Trainer(cfg, {"model": wrap(comp), "frozen": frozen}, step, data)
+    tr.train()
+    assert seen == {"trained": torch.bfloat16, "frozen": torch.bfloat16}
+    assert next(tr.models["frozen"].parameters()).dtype == torch.bfloat16  # frozen_dtype "auto"
+    assert all(p.dtype == torch.float32 for p in tr.models["model"].parameters())
+    assert json.loads((tmp_path / "step_000001" / "trainer_state.json").read_text())["step"] == 1

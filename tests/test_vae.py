@@ -200,3 +200,14 @@ def test_bad_dirs(tmp_path):
     (d / "w.safetensors").write_bytes(b"x")
     with pytest.raises(ValueError, match="Mystery"):
         load_vae(d)
+
+
+@pytest.mark.parametrize("kind", ["fast", "wan"])
+def test_frozen_vae_ignores_a_training_steps_autocast(kind):
+    """The trainer autocasts whole steps; the frozen VAE's latents (the training targets) stay exact."""
+    vae = build_vae({"backend": "fast", **FAST}) if kind == "fast" else _wan(Z16)
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    z = vae.encode_video(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        za, xa = vae.encode_video(x), vae.decode(z)
+    assert za.dtype == torch.float32 and torch.equal(za, z) and torch.equal(xa, vae.decode(z))
