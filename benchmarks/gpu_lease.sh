@@ -10,6 +10,8 @@
 #                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
 #                                                            # FSDP as the control (.whl/ needs av too)
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
+# MIXED=no|bf16 (env): --mixed-precision for every stage (default: the configs' auto = bf16 on CUDA; since
+# session 16 that is really applied in one process, where run 5 computed in fp32: MIXED=no reproduces run 5).
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored; `bash benchmarks/gpu_wheels.sh [PKG ...]`
 # fills it) are installed first if present.
 # Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
@@ -36,6 +38,7 @@ SHM_GB=$(( $(df -k /dev/shm | awk 'NR==2{print $4}') / 1048576 ))
 WORKERS=$(( SHM_GB / 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 1 )) && WORKERS=0
 echo "shm ${SHM_GB} GB -> ${WORKERS} data workers"
 ECHO=${DATA_ECHO:-1}
+MP=${MIXED:+--mixed-precision $MIXED}
 
 bench() {  # $1 preset, $2 frames, $3 swap-every, $4 seconds
     local name=${1//./}
@@ -73,25 +76,25 @@ dmd_pack() {  # generator EMA snapshots, two per archive (16 MB per file comes b
 case $STAGE in
 all)  # teacher -> TF -> DMD in one call; each stage is packed as soon as it ends
     T_MIN=${2:-3}; TF_MIN=${3:-2}; DMD_MIN=${4:-2}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$T_MIN" --workers "$WORKERS" \
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml $MP --max-minutes "$T_MIN" --workers "$WORKERS" \
         --data-echo "$ECHO"
     rc=$?; pack teacher.tgz runs/gpu_teacher; (( rc )) && { echo "teacher failed ($rc)"; exit 5; }
-    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS"
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml $MP --max-minutes "$TF_MIN" --workers "$WORKERS"
     rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && { echo "TF failed ($rc)"; exit 6; }
-    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
+    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml $MP --max-minutes "$DMD_MIN" \
         || echo "DMD failed"
     dmd_pack
     ls -la "$OUT"
     ;;
 teacher)  # optional INIT: a stage folder to continue from (carry it), e.g. runs/gpu_teacher/final of run 5
     MIN=${2:-5}; INIT=${3:-}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml --max-minutes "$MIN" --workers "$WORKERS" \
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_gpu.yaml $MP --max-minutes "$MIN" --workers "$WORKERS" \
         --data-echo "$ECHO" ${INIT:+--init "$INIT" --out runs/gpu_teacher_next}
     rc=$?; pack teacher.tgz "$([[ -n $INIT ]] && echo runs/gpu_teacher_next || echo runs/gpu_teacher)"; (( rc )) && exit 5
     ;;
 teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     MIN=${2:-8}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml --max-minutes "$MIN" \
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$MIN" \
         --workers "$WORKERS" --data-echo "$ECHO"
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide; (( rc )) && exit 5
     # held-out scores and sheet on the machine's CPU threads (SCORE=0 skips), so the next session reads them at once
@@ -103,10 +106,10 @@ teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     ;;
 distill)  # optional TEACHER: the teacher stage folder to distil (default: the configs' runs/gpu_teacher/final)
     TF_MIN=${2:-4}; DMD_MIN=${3:-3}; TEACHER=${4:-}
-    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml --max-minutes "$TF_MIN" --workers "$WORKERS" \
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml $MP --max-minutes "$TF_MIN" --workers "$WORKERS" \
         ${TEACHER:+--init "$TEACHER"}
     rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && exit 6
-    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml --max-minutes "$DMD_MIN" \
+    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml $MP --max-minutes "$DMD_MIN" \
         ${TEACHER:+--teacher "$TEACHER"} || echo "DMD failed"
     dmd_pack
     ;;

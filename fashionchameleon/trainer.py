@@ -726,9 +726,9 @@ def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = 
                         output_dir: str | None = None, num_threads: int | None = None,
                         max_minutes: float | None = None, batch_size: int | None = None,
                         num_workers: int | None = None, data_echo: int | None = None,
-                        lr: float | None = None) -> "TrainConfig":
+                        lr: float | None = None, mixed_precision: str | None = None) -> "TrainConfig":
     """The train-section overrides every entry point shares (--smoke / --max-steps / --out / --threads /
-    --max-minutes / --batch-size / --workers / --data-echo / --lr); sets the CPU threads.
+    --max-minutes / --batch-size / --workers / --data-echo / --lr / --mixed-precision); sets the CPU threads.
 
     `smoke` is a stage's smoke section (needs `max_steps` and `batch_size`).
     """
@@ -743,7 +743,7 @@ def apply_cli_overrides(cfg: "TrainConfig", smoke=None, max_steps: int | None = 
     if num_threads:
         over["num_threads"] = num_threads
     for k, v in (("max_minutes", max_minutes), ("batch_size", batch_size), ("num_workers", num_workers),
-                 ("data_echo", data_echo), ("lr", lr)):
+                 ("data_echo", data_echo), ("lr", lr), ("mixed_precision", mixed_precision)):
         if v is not None:
             over[k] = v
     cfg = dataclass_from_dict(TrainConfig, {**vars(cfg), **over})

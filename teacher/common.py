@@ -671,6 +671,8 @@ def stage_parser(description: str, init_help: str | None = "stage folder to star
     ap.add_argument("--data-echo", type=int, help="reuse each loaded batch this many times (overrides "
                                                   "train.data_echo; for a data-bound GPU run)")
     ap.add_argument("--lr", type=float, help="overrides train.lr")
+    ap.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
+                    help="overrides train.mixed_precision (auto: bf16 on CUDA, none on CPU)")
     return ap
 
 
@@ -683,7 +685,7 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
     train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads,
                                     getattr(args, "max_minutes", None), getattr(args, "batch_size", None),
                                     getattr(args, "workers", None), getattr(args, "data_echo", None),
-                                    getattr(args, "lr", None))
+                                    getattr(args, "lr", None), getattr(args, "mixed_precision", None))
     return train_cfg, data
 
 

@@ -302,6 +302,11 @@ def test_lr_flag_overrides_the_config():
     with pytest.raises(ValueError, match="lr must be > 0"):
         apply_overrides(stage_parser("t").parse_args(["--config", SMOKE, "--lr", "-1"]), cfg["train"], cfg["data"],
                         cfg["smoke"])
+    # --mixed-precision (gpu_lease.sh MIXED=no reproduces run 5's fp32 compute)
+    args = stage_parser("t").parse_args(["--config", SMOKE, "--mixed-precision", "no"])
+    assert apply_overrides(args, cfg["train"], cfg["data"], cfg["smoke"])[0].mixed_precision == "no"
+    with pytest.raises(SystemExit):
+        stage_parser("t").parse_args(["--config", SMOKE, "--mixed-precision", "fp8"])
 
 
 def test_adaln_zero_init_starts_every_block_as_the_identity(teacher_run):
