@@ -437,8 +437,9 @@ class Trainer:
         self.optimizers: dict[str, Any] = {}
         self.schedulers: dict[str, Any] = {}
         self.models: dict[str, nn.Module] = {}
-        self.frozen_dtype = _FROZEN_DTYPES[config.frozen_dtype] or {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            acc.mixed_precision, torch.float32)
+        # "auto": the mixed precision's dtype ("bf16" / "fp16" are keys of the same table), else fp32
+        self.frozen_dtype = (_FROZEN_DTYPES[config.frozen_dtype] or _FROZEN_DTYPES.get(acc.mixed_precision)
+                             or torch.float32)
         for name, m in models.items():
             if name not in trainable:
                 self.models[name] = m.to(acc.device, self.frozen_dtype)
@@ -468,15 +469,43 @@ class Trainer:
                              f"grad_accum_steps={config.grad_accum_steps}")
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
-    def _export(self, name: str, dest: Path) -> None:
-        """Inference export (diffusers layout for ModelMixin); collective under FSDP, rank 0 writes."""
+    def full_state_dict(self, name: str, ema: bool = False) -> dict[str, torch.Tensor] | None:
+        """Model `name`'s full weights (its EMA weights if `ema` and tracked) as private contiguous CPU tensors on the
+        main process; None on the others. Collective: every process must call it (FSDP gathers the shards)."""
         acc = self.accelerator
-        sd = acc.get_state_dict(self.models[name])
-        if not acc.is_main_process:
+        prepared = self.models[name]
+        swap = ema and name in self.ema
+        if swap:
+            self.ema[name].swap(acc.unwrap_model(prepared))
+        try:
+            sd = acc.get_state_dict(prepared)  # accelerate asks FSDP for the full state dict (rank 0)
+            if acc.is_main_process:  # copied before the weights swap back
+                sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+        finally:
+            if swap:
+                self.ema[name].swap(acc.unwrap_model(prepared))
+        return sd if acc.is_main_process else None
+
+    def full_copy(self, name: str, ema: bool = False) -> nn.Module | None:
+        """A standalone CPU module holding `full_state_dict(name, ema)` on the main process; None on the others
+        (collective). Built by the model's `fresh()` if it has one, else `from_config` (ModelMixin), else deepcopy
+        (exact for plain and DDP models only)."""
+        sd = self.full_state_dict(name, ema)
+        if sd is None:
+            return None
+        fresh = fresh_module(self.accelerator.unwrap_model(self.models[name]))
+        fresh.load_state_dict(sd, strict=True)
+        return fresh.cpu()
+
+    def export_model(self, name: str, dest: str | os.PathLike, ema: bool = False) -> None:
+        """Write model `name` (or its EMA weights) as a standalone folder (diffusers layout for ModelMixin);
+        collective, the main process writes."""
+        sd = self.full_state_dict(name, ema)
+        if sd is None:
             return
+        dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        model = acc.unwrap_model(self.models[name])
-        sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+        model = self.accelerator.unwrap_model(self.models[name])
         if hasattr(model, "save_config"):
             from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
@@ -484,42 +513,6 @@ class Trainer:
             save_file(sd, str(dest / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         else:
             save_file(sd, str(dest / "model.safetensors"), metadata={"format": "pt"})
-
-    def full_copy(self, name: str, ema: bool = False) -> nn.Module | None:
-        """A standalone copy of model `name` (its EMA weights if `ema` and tracked) holding the full weights, on the
-        main process; None on the others. Collective: every process must call it (FSDP gathers the shards).
-        The copy is built by the model's `fresh()` if it has one, else `from_config` (ModelMixin), else deepcopy
-        (exact for plain and DDP models only)."""
-        acc = self.accelerator
-        prepared = self.models[name]
-        inner = acc.unwrap_model(prepared)
-        swap = ema and name in self.ema
-        if swap:
-            self.ema[name].swap(inner)
-        try:
-            sd = acc.get_state_dict(prepared)  # accelerate asks FSDP for the full state dict (rank 0)
-            if acc.is_main_process:
-                sd = {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}  # before the weights swap back
-        finally:
-            if swap:
-                self.ema[name].swap(inner)
-        if not acc.is_main_process:
-            return None
-        fresh = fresh_module(inner)
-        fresh.load_state_dict(sd, strict=True)
-        return fresh.cpu()
-
-    def export_model(self, name: str, dest: str | os.PathLike, ema: bool = False) -> None:
-        """Write model `name` (or its EMA weights) as a standalone folder."""
-        if ema:
-            e = self.ema[name]
-            e.swap(self.accelerator.unwrap_model(self.models[name]))
-            try:
-                self._export(name, Path(dest))
-            finally:
-                e.swap(self.accelerator.unwrap_model(self.models[name]))
-        else:
-            self._export(name, Path(dest))
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator

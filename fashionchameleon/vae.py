@@ -15,7 +15,6 @@ fresh (random) one from a preset dict.
 from __future__ import annotations
 
 import functools
-
 import json
 import math
 import os

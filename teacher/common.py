@@ -614,7 +614,6 @@ class Routed:
         inner = accelerator.unwrap_model(model)
         if not isinstance(inner, TextDiT):
             raise TypeError(f"routed() expects a prepared TextDiT, got {type(inner).__name__}")
-        self.module = inner
         self._outer = model
         # routed even in one process: accelerate puts autocast (and fp32 outputs) on the prepared model's forward
         self.transformer = _RoutedTransformer(model, inner.transformer)
@@ -642,9 +641,10 @@ def export_stage(trainer, name: str, comp: Components, dest: str | os.PathLike, 
     Collective: call it on every process (FSDP gathers the full weights); the main process writes."""
     full = trainer.full_copy(name, ema=ema)
     if full is not None:
-        out = Components(comp.preset, full.transformer, comp.vae, full.text_encoder or comp.text_encoder)
-        save_stage(dest, out, card, half=half, private=("transformer", "text_encoder") if full.text_encoder
-                   is not None else ("transformer",))
+        own_text = full.text_encoder is not None  # else the shared frozen encoder, which save_stage must copy
+        out = Components(comp.preset, full.transformer, comp.vae, full.text_encoder if own_text else comp.text_encoder)
+        private = ("transformer", "text_encoder") if own_text else ("transformer",)
+        save_stage(dest, out, card, half=half, private=private)
     trainer.accelerator.wait_for_everyone()
     return Path(dest)
 
