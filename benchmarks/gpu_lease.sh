@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_lease.sh teacher_wide [MINUTES]      # from scratch, 4x the parameters (tiny_wide_gpu.yaml),
 #                                                            # then its held-out scores and sheet (SCORE=0 skips)
 #   bash benchmarks/gpu_lease.sh distill TF_MIN DMD_MIN [TEACHER]
+#   bash benchmarks/gpu_lease.sh all_wide T_MIN TF_MIN DMD_MIN # teacher_wide -> TF -> GR-DMD in one call (no sampling
+#                                                            # there): the plan for a 15-minute device budget
 #   bash benchmarks/gpu_lease.sh bench
 #   bash benchmarks/gpu_lease.sh real_fsdp                  # the wan2.2-5b configs on a miniature Wan2.2 directory
 #                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
@@ -14,7 +16,8 @@
 # session 16 that is really applied in one process, where run 5 computed in fp32: MIXED=no reproduces run 5).
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored; `bash benchmarks/gpu_wheels.sh [PKG ...]`
 # fills it) are installed first if present.
-# Results are packed into $OUT (at most 8 files of 16 MB come back), so each stage tars what the next one needs.
+# Results are packed into $OUT (at most 8 files of 16 MiB, 64 MiB together, come back; benchmarks/pack_returns.py
+# halves large weights to fp16 and says what did not fit), so each stage tars what the next one needs.
 set -uo pipefail
 STAGE=${1:?stage: teacher | distill | bench}
 OUT=${OUT:-/tmp/gpu_out}
@@ -32,13 +35,17 @@ exec > >(tee -a "$LOG") 2>&1
 date -u
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 df -h /dev/shm | tail -1
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())" || exit 4
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+    torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" || exit 4
 # each data worker holds whole batches in shared memory; fewer workers when /dev/shm is small
 SHM_GB=$(( $(df -k /dev/shm | awk 'NR==2{print $4}') / 1048576 ))
 WORKERS=$(( SHM_GB / 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 1 )) && WORKERS=0
 echo "shm ${SHM_GB} GB -> ${WORKERS} data workers"
 ECHO=${DATA_ECHO:-1}
 MP=${MIXED:+--mixed-precision $MIXED}
+# SMOKE=1 (env): every stage on its config's smoke section, with no data workers: the whole call, packing included,
+# checked on a CPU before a lease (tests/test_gpu_lease.py)
+if [[ ${SMOKE:-0} == 1 ]]; then MP="$MP --smoke"; WORKERS=0; fi
 
 bench() {  # $1 preset, $2 frames, $3 swap-every, $4 seconds
     local name=${1//./}
@@ -46,31 +53,33 @@ bench() {  # $1 preset, $2 frames, $3 swap-every, $4 seconds
         --random-weights --floor --json "$OUT/bench_${name}.json" || echo "bench $1 failed or timed out (rc $?)"
 }
 
-pack() {  # $1 archive, $2 run dir: its final stage folder without the VAE (the CPU side has it), else the last EMA
-    local run=$2
+pack() {  # $1 archive name, $2 run dir: its final stage folder without the VAE (the CPU side has it), else the last
+          # EMA; large weights travel in fp16 so they fit the device tool's return limits (benchmarks/pack_returns.py)
+    local run=$2 items=()
     if [[ -d $run/final ]]; then
-        tar czf "$OUT/$1" --exclude=vae "$run/final" "$run"/log.csv "$run"/result.json 2>/dev/null
+        items=("$run/final" "$run/log.csv" "$run/result.json")
     else
         local last; last=$(ls -d "$run"/step_* 2>/dev/null | sort | tail -1)
-        [[ -n $last ]] && tar czf "$OUT/$1" "$last"/ema_*_rank0.safetensors "$last"/trainer_state.json "$run"/log.csv
+        [[ -n $last ]] && items=("$last"/ema_*_rank0.safetensors "$last/trainer_state.json" "$run/log.csv")
     fi
+    (( ${#items[@]} )) && python3 benchmarks/pack_returns.py --out "$OUT" --name "${1%.tgz}" --drop vae "${items[@]}"
+    return 0
 }
 
-dmd_pack() {  # generator EMA snapshots, two per archive (16 MB per file comes back)
-    local s n i=0 STEPS PICK=()
-    mapfile -t STEPS < <(ls -d runs/gpu_dmd/step_* 2>/dev/null | sort)
-    for s in "${STEPS[@]}"; do
-        n=$((10#${s##*_}))
-        case $n in 25|50|100|150|200) PICK+=("$s/ema_generator_rank0.safetensors");; esac
-    done
-    (( ${#STEPS[@]} )) && PICK+=("${STEPS[-1]}/ema_generator_rank0.safetensors")
-    while (( i < ${#PICK[@]} )); do
-        tar czf "$OUT/dmd_$((i / 2)).tgz" "${PICK[@]:i:2}"; i=$((i + 2))
-    done
+dmd_pack() {  # generator EMA snapshots, most wanted first (run 5 shipped step 150: the last that passed 1,008 frames)
+    local s n want PICK=() STEPS
     tar czf "$OUT/dmd_log.tgz" runs/gpu_dmd/log.csv runs/gpu_dmd/result.json 2>/dev/null
-    # the critic of the last snapshot, so a CPU continuation keeps it (dmd.critic_init; run 11 lost its own)
-    (( ${#STEPS[@]} )) && [[ -d ${STEPS[-1]}/critic ]] && tar czf "$OUT/dmd_critic.tgz" "${STEPS[-1]}/critic"
-    return 0
+    mapfile -t STEPS < <(ls -d runs/gpu_dmd/step_* 2>/dev/null | sort)
+    (( ${#STEPS[@]} )) || return 0
+    PICK+=("${STEPS[-1]}/ema_generator_rank0.safetensors")
+    for want in 150 100 200 50 25; do
+        for s in "${STEPS[@]::${#STEPS[@]}-1}"; do
+            n=$((10#${s##*_})); (( n == want )) && PICK+=("$s/ema_generator_rank0.safetensors")
+        done
+    done
+    # the last snapshot's critic, so a CPU continuation keeps it (dmd.critic_init; run 11 lost its own)
+    [[ -d ${STEPS[-1]}/critic ]] && PICK+=("${STEPS[-1]}/critic")
+    python3 benchmarks/pack_returns.py --out "$OUT" --name dmd "${PICK[@]}"
 }
 
 case $STAGE in
@@ -103,6 +112,19 @@ teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
             --scheduler renoise --eta 0.6 --score --no-mp4 --threads 12 --out "$OUT/teacher_wide_n24" \
             --json "$OUT/teacher_wide_n24.json" || echo "sampling failed"
     fi
+    ;;
+all_wide)  # one call for the whole wide chain; held-out sampling runs afterwards on the CPU side
+    T_MIN=${2:-4}; TF_MIN=${3:-1.5}; DMD_MIN=${4:-1.5}; TEACHER=runs/gpu_teacher_wide/final
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" \
+        --workers "$WORKERS" --data-echo "$ECHO"
+    rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide; (( rc )) && { echo "teacher failed ($rc)"; exit 5; }
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml $MP --max-minutes "$TF_MIN" \
+        --workers "$WORKERS" --init "$TEACHER"
+    rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && { echo "TF failed ($rc)"; exit 6; }
+    python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml $MP --max-minutes "$DMD_MIN" \
+        --teacher "$TEACHER" || echo "DMD failed"
+    dmd_pack
+    ls -la "$OUT"
     ;;
 distill)  # optional TEACHER: the teacher stage folder to distil (default: the configs' runs/gpu_teacher/final)
     TF_MIN=${2:-4}; DMD_MIN=${3:-3}; TEACHER=${4:-}
