@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_lease.sh all_wide T_MIN TF_MIN DMD_MIN # teacher_wide -> TF -> GR-DMD in one call (no sampling
 #                                                            # there): the plan for a 15-minute device budget
 #   bash benchmarks/gpu_lease.sh bench
+#   bash benchmarks/gpu_lease.sh bench_hybrid                # Wan encoder + FastVAE decoder (bench --vae hybrid)
 #   bash benchmarks/gpu_lease.sh real_fsdp                  # the wan2.2-5b configs on a miniature Wan2.2 directory
 #                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
 #                                                            # FSDP as the control (.whl/ needs av too)
@@ -150,6 +151,15 @@ bench)
     bench wan2.1-1.3b 96 48 150
     bench wan2.2-5b 72 36 200
     bench tiny 240 96 60
+    ;;
+bench_hybrid)  # the real-path presets with the Wan encoder and a FastVAE decoder (HybridVAE), as a distilled
+               # decoder streams: decode and swap re-encode priced together (bench --vae hybrid)
+    for p in wan2.1-1.3b:96:48 wan2.2-5b:72:36; do
+        IFS=: read -r name frames every <<< "$p"
+        timeout 200 python3 -m fashionchameleon.bench --preset "$name" --device cuda --frames "$frames" \
+            --swap-every "$every" --random-weights --vae hybrid --json "$OUT/bench_${name//./}_hybrid.json" \
+            || echo "bench $name hybrid failed or timed out (rc $?)"
+    done
     ;;
 *) echo "unknown stage $STAGE"; exit 2;;
 esac

@@ -86,6 +86,13 @@ def build_engine(args):
         from .vae import FastVAE
 
         engine.vae = FastVAE(z_dim=engine.vae.z_dim, spatial_factor=engine.vae.spatial_factor).to(device).eval()
+    elif args.vae == "hybrid":
+        from .vae import FastVAE, HybridVAE
+
+        enc = engine.vae.encoder if isinstance(engine.vae, HybridVAE) else engine.vae
+        dec = FastVAE(z_dim=enc.z_dim, spatial_factor=enc.spatial_factor, temporal_factor=enc.temporal_factor,
+                      shortcut=False)
+        engine.vae = HybridVAE(enc, dec.to(device=device, dtype=enc.dtype).eval())
     if args.attn != "sdpa":
         engine.transformer.set_attn_backend(args.attn)
     if args.compile:
@@ -229,8 +236,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "flex", "xformers"])
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer forward")
-    p.add_argument("--vae", default="preset", choices=["preset", "fast"],
-                   help="'fast' swaps in the cheap FastVAE decoder (random weights) to price the decode")
+    p.add_argument("--vae", default="preset", choices=["preset", "fast", "hybrid"],
+                   help="'fast' swaps in a random FastVAE for encode and decode, to price the decode; 'hybrid' keeps "
+                        "the preset's encoder and decodes with a random FastVAE decoder, as a distilled decoder "
+                        "(HybridVAE, teacher/train_vae.py finetune.encoder) streams")
     p.add_argument("--baseline", default=None, choices=["teacher"], help="also time the bidirectional teacher")
     p.add_argument("--baseline-steps", type=int, default=50)
     p.add_argument("--baseline-cfg", type=float, default=3.0)

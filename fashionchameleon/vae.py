@@ -8,6 +8,8 @@ Both expose
     z_dim, spatial_factor, temporal_factor, latents_mean, latents_std
 
 Frame rule (Wan causal VAE): latent 0 <- pixel frame 0 alone; latent i > 0 <- pixel frames tf*(i-1)+1 .. tf*i.
+`HybridVAE` pairs one VAE's encoder with a FastVAE decoder trained on that VAE's latents (`teacher/train_vae.py`,
+`finetune.encoder`): the latent space stays the one the DiT was trained in, and the per-chunk decode gets cheap.
 `load_vae(dir)` picks the class from `config.json`'s `_class_name`; `build_vae({"backend": ..., **kwargs})` builds a
 fresh (random) one from a preset dict.
 """
@@ -29,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 from diffusers.models.modeling_utils import ModelMixin
 
-__all__ = ["WanVAE", "FastVAE", "load_vae", "build_vae", "check_vae_dir", "latent_frames", "pixel_frames"]
+__all__ = ["WanVAE", "FastVAE", "HybridVAE", "load_vae", "build_vae", "check_vae_dir", "latent_frames", "pixel_frames"]
 
 
 def latent_frames(num_frames: int, temporal_factor: int) -> int:
@@ -55,12 +57,23 @@ def check_vae_dir(path: str | os.PathLike) -> Path:
         p = p / "vae"  # a diffusers pipeline folder
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in VAE directory {p}")
+    if _class_name(p) == "HybridVAE":
+        for part in HybridVAE.PARTS:
+            check_vae_dir(p / part)
+        return p
     if not any(p.glob("*.safetensors")):
         others = sorted(f.name for f in p.iterdir() if f.suffix in {".bin", ".pt", ".pth", ".ckpt"})
         if others:
             raise ValueError(f"{p} holds only non-safetensors weights {others}; convert them to .safetensors")
         raise FileNotFoundError(f"no *.safetensors weights in VAE directory {p}")
     return p
+
+
+def _class_name(p: Path) -> str | None:
+    try:
+        return json.loads((p / "config.json").read_text()).get("_class_name")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p / 'config.json'} is not valid JSON: {e}") from e
 
 
 def _as_channel_tensor(value: float | Sequence[float], z_dim: int, name: str, ref: torch.Tensor) -> torch.Tensor:
@@ -410,10 +423,12 @@ class FastVAE(_LatentNormMixin, ModelMixin, ConfigMixin):
         y = y.reshape(b, c, f * tf, *y.shape[-2:])
         return y[:, :, tf - 1 :] if prev is None else y
 
-    def forward(self, x: torch.Tensor, noise_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, noise_scale: torch.Tensor | None = None,
+                latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training path: returns (reconstruction (unclamped), raw latent). `noise_scale` `[B]`: the decoder sees
-        the latent plus Gaussian noise of that many normalised units (decoder fine-tuning, teacher/train_vae.py)."""
-        z = self.encode_raw(x)
+        the latent plus Gaussian noise of that many normalised units (decoder fine-tuning, teacher/train_vae.py).
+        `latents`: decode these (another VAE's, for a HybridVAE decoder) instead of encoding `x`."""
+        z = self.encode_raw(x) if latents is None else latents.to(x)
         if noise_scale is None:
             return self.decode_raw(z), z
         std = _as_channel_tensor(self.latents_std, self.z_dim, "latents_std", z)
@@ -462,20 +477,119 @@ class FastStreamDecoder:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# HybridVAE: another VAE's encoder with a distilled FastVAE decoder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class HybridVAE(nn.Module):
+    """Encode with `encoder` (e.g. the Wan2.2 VAE whose latents the DiT was trained on), decode with `decoder`, a
+    FastVAE trained to decode `encoder`'s *normalised* latents (so its own mean/std are 0/1 and its shortcut, which
+    reads colour from the first latent channels, is off). Only the decoder runs per chunk; the encoder runs for the
+    conditions and a swap's re-encode, a few single frames (docs/BENCHMARKS.md: the Wan2.2 decode is two thirds of a
+    1280x704 chunk). Folder layout: `config.json` (`_class_name: HybridVAE`), `encoder/`, `decoder/`."""
+
+    PARTS = ("encoder", "decoder")
+
+    def __init__(self, encoder: "WanVAE | FastVAE", decoder: "FastVAE"):
+        super().__init__()
+        if not isinstance(decoder, FastVAE):
+            raise TypeError(f"the decoder must be a FastVAE, got {type(decoder).__name__}")
+        if isinstance(encoder, HybridVAE):
+            encoder = encoder.encoder
+        check_decoder_fits(encoder, decoder)
+        self.encoder, self.decoder = encoder, decoder
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "HybridVAE":
+        p = check_vae_dir(path)
+        return cls(load_vae(p / "encoder"), FastVAE.from_pretrained(p / "decoder"))
+
+    def save_pretrained(self, path: str | os.PathLike, **kwargs) -> None:
+        if not kwargs.pop("safe_serialization", True):
+            raise ValueError("checkpoints are written as safetensors only")
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        for part in self.PARTS:
+            getattr(self, part).save_pretrained(p / part, safe_serialization=True, **kwargs)
+        (p / "config.json").write_text(json.dumps({"_class_name": "HybridVAE", "encoder": type(self.encoder).__name__,
+                                                   "decoder": "FastVAE"}, indent=2))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def z_dim(self) -> int:
+        return self.encoder.z_dim
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.encoder.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.encoder.temporal_factor
+
+    @property
+    def latents_mean(self):
+        return self.encoder.latents_mean
+
+    @property
+    def latents_std(self):
+        return self.encoder.latents_std
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return self.encoder.normalize(z)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return self.encoder.denormalize(z)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode_image(x)
+
+    def encode_video(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode_video(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder.decode(z)
+
+    def stream_decoder(self) -> "FastStreamDecoder":
+        return self.decoder.stream_decoder()
+
+
+def check_decoder_fits(encoder, decoder: "FastVAE") -> None:
+    """Raise unless `decoder` can decode `encoder`'s normalised latents."""
+    got = (decoder.z_dim, decoder.spatial_factor, decoder.temporal_factor)
+    want = (encoder.z_dim, encoder.spatial_factor, encoder.temporal_factor)
+    if got != want:
+        raise ValueError(f"decoder latent layout (z_dim, spatial, temporal factor) {got} does not match the encoder's "
+                         f"{want}")
+    if decoder.config.shortcut:
+        raise ValueError("a decoder for another VAE's latents needs shortcut=False (the shortcut reads colour from "
+                         "latent channels only a FastVAE encoder writes)")
+    stats = [torch.as_tensor(decoder.latents_mean, dtype=torch.float64),
+             torch.as_tensor(decoder.latents_std, dtype=torch.float64) - 1.0]
+    if any(bool(t.abs().max() > 0) for t in stats):
+        raise ValueError("a decoder for another VAE's latents takes them normalised: its latents_mean must be 0 "
+                         "and latents_std 1")
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # factories
 # --------------------------------------------------------------------------------------------------------------------
 
-_BY_CLASS = {"AutoencoderKLWan": WanVAE, "WanVAE": WanVAE, "FastVAE": FastVAE}
+_BY_CLASS = {"AutoencoderKLWan": WanVAE, "WanVAE": WanVAE, "FastVAE": FastVAE, "HybridVAE": HybridVAE}
 
 
 def load_vae(path: str | os.PathLike, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> WanVAE | FastVAE:
+             dtype: torch.dtype | None = None) -> WanVAE | FastVAE | HybridVAE:
     """Load a VAE folder, choosing the class from `config.json` `_class_name`."""
     p = check_vae_dir(path)
-    try:
-        name = json.loads((p / "config.json").read_text()).get("_class_name")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p / 'config.json'} is not valid JSON: {e}") from e
+    name = _class_name(p)
     if name not in _BY_CLASS:
         raise ValueError(f"{p / 'config.json'}: unknown VAE class {name!r}; expected one of {sorted(_BY_CLASS)}")
     vae = _BY_CLASS[name].from_pretrained(p)

@@ -4,6 +4,9 @@
     # decoder-only fine-tune of a trained VAE: frozen encoder (the latent space, and every DiT trained in it, stay
     # valid) and noisy latents, so the decoder learns to absorb a diffusion model's latent error
     python -m teacher.train_vae --config teacher/configs/vae_tiny_dec.yaml
+    # a fast decoder for another VAE's latent space (finetune.encoder, e.g. the Wan2.2 VAE of a real-weight stage):
+    # exported as a HybridVAE (that encoder + the trained FastVAE decoder), a drop-in `vae/` for stage folders
+    python -m teacher.train_vae --config teacher/configs/vae_fastdec_wan2.2-5b.yaml
 
 Outputs (under `train.output_dir` or --out): trainer checkpoints `step_XXXXXX/`, `log.csv`, `eval.jsonl`,
 `best/` (EMA weights with the best val PSNR so far), `final/` (EMA weights at the end) and `eval.json`.
@@ -26,7 +29,7 @@ import torch
 
 from fashionchameleon.trainer import (StepContext, TrainConfig, Trainer, apply_cli_overrides, dataclass_from_dict,
                                      load_yaml_config)
-from fashionchameleon.vae import FastVAE, latent_frames, load_vae
+from fashionchameleon.vae import FastVAE, HybridVAE, latent_frames, load_vae
 from teacher.common import stage_parser
 
 
@@ -39,6 +42,18 @@ class DataConfig:
     val_length: int = 16
     seed: int = 0
     val_seed: int = 12345
+    # "world" renders mannequin clips; "folder" reads the videos of a real-data folder (meta_data.csv, docs/DATA.md):
+    # `root` for training, `val_root` held out (default: the last `val_length` rows of `root`, not trained on)
+    source: str = "world"
+    root: str | None = None
+    val_root: str | None = None
+    fps: float | None = None  # resample folder clips to this rate (None: as stored)
+
+    def __post_init__(self):
+        if self.source not in ("world", "folder"):
+            raise ValueError(f"data.source must be 'world' or 'folder', got {self.source!r}")
+        if self.source == "folder" and not self.root:
+            raise ValueError("data.source: folder needs data.root (a folder with meta_data.csv)")
 
 
 @dataclass
@@ -79,12 +94,18 @@ class FinetuneConfig:
     eval_noise: float = 0.2  # also report val PSNR when the latents carry this much noise
     # config keys of `init` to change before fine-tuning; only ones that add no weights (e.g. shortcut_motion)
     overrides: dict | None = None
+    # a VAE folder (Wan or FastVAE) whose normalised latents the `model` FastVAE learns to decode; that encoder stays
+    # frozen, the FastVAE's own encoder is unused, and the export is a HybridVAE of the two
+    encoder: str | None = None
 
     def __post_init__(self):
         if self.latent_noise < 0 or self.eval_noise < 0:
             raise ValueError("finetune.latent_noise and eval_noise must be >= 0")
         if self.freeze_encoder and not self.init:
             raise ValueError("finetune.freeze_encoder needs finetune.init (a trained VAE folder)")
+        if self.encoder and (self.init or self.freeze_encoder or self.overrides):
+            raise ValueError("finetune.encoder trains a new decoder from the `model` section; it excludes "
+                             "finetune.init, freeze_encoder and overrides")
 
 
 SECTIONS = {"train": TrainConfig, "model": dict, "data": DataConfig, "loss": LossConfig, "eval": EvalConfig,
@@ -117,6 +138,28 @@ def world_dataset(split: str, data: DataConfig, length: int, seed: int):
     return MannequinClips(split, (data.height, data.width), data.frames, length, seed)
 
 
+def clip_datasets(data: DataConfig, train_length: int, val_length: int):
+    """(train, val) datasets whose items hold a `video` in [-1, 1]; the folder's held-out rows are never trained."""
+    if data.source == "world":
+        return (world_dataset("train", data, train_length, data.seed),
+                world_dataset("val", data, val_length, data.val_seed))
+    from fashionchameleon.data.folder import FolderDataset
+
+    kw = dict(size=(data.height, data.width), frames=data.frames, fps=data.fps)
+    train = FolderDataset(data.root, **kw)
+    if data.val_root:
+        val = FolderDataset(data.val_root, **kw)
+        val = torch.utils.data.Subset(val, range(min(val_length, len(val))))
+    else:
+        n = len(train)
+        if n <= val_length:
+            raise ValueError(f"data.root {data.root} has {n} rows: too few to hold out val_length={val_length} "
+                             "(set data.val_root or lower data.eval val_length)")
+        train, val = (torch.utils.data.Subset(train, range(n - val_length)),
+                      torch.utils.data.Subset(train, range(n - val_length, n)))
+    return train, val
+
+
 class VideoOnly(torch.utils.data.Dataset):
     """Keep only the `video` entry (the trainer batches tensors)."""
 
@@ -143,17 +186,19 @@ def temporal_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a[:, :, 1:] - a[:, :, :-1]) - (b[:, :, 1:] - b[:, :, :-1])).abs().mean()
 
 
-def make_step_fn(loss_cfg: LossConfig, ft: FinetuneConfig | None = None):
+def make_step_fn(loss_cfg: LossConfig, ft: FinetuneConfig | None = None, encoder=None):
+    """`encoder`: the frozen VAE of `finetune.encoder`, whose normalised latents the decoder is trained on."""
     ft = ft or FinetuneConfig()
 
     def step_fn(ctx: StepContext, video: torch.Tensor) -> dict[str, Any]:
         # through the (possibly DDP-wrapped) forward; a frozen encoder gets no gradient either way
         scale = torch.rand(video.shape[0], device=video.device) * ft.latent_noise if ft.latent_noise else None
-        recon, z = ctx.models["vae"](video, scale)
+        latents = encoder.to(video.device).encode_video(video) if encoder is not None else None
+        recon, z = ctx.models["vae"](video, scale, latents=latents)
         l1 = (recon - video).abs().mean()
         mse = (recon - video).pow(2).mean()
         loss = loss_cfg.l1 * l1 + loss_cfg.mse * mse
-        if not ft.freeze_encoder:
+        if not ft.freeze_encoder and encoder is None:
             loss = loss + loss_cfg.latent_l2 * z.pow(2).mean()
         if loss_cfg.edge:
             loss = loss + loss_cfg.edge * edge_l1(recon, video)
@@ -217,12 +262,31 @@ def latent_stats(vae: FastVAE, clips: list[torch.Tensor], batch_size: int) -> tu
     return z.mean(1).tolist(), z.std(1).clamp_min(1e-6).tolist()
 
 
-def export(vae: FastVAE, dest: Path, stats: tuple[Any, Any], fp16: bool = False) -> None:
+def export(vae: FastVAE | HybridVAE, dest: Path, stats: tuple[Any, Any] | None, fp16: bool = False) -> None:
+    """Write `vae` with latent `stats` (mean, std) in its config; None keeps the config's (a HybridVAE's)."""
     m = copy.deepcopy(vae).cpu().float()
-    m.register_to_config(latents_mean=stats[0], latents_std=stats[1])
+    if stats is not None:
+        m.register_to_config(latents_mean=stats[0], latents_std=stats[1])
     if fp16:
         m = m.half()
     m.save_pretrained(str(dest), safe_serialization=True)
+
+
+def decoder_config(model: dict[str, Any], encoder) -> dict[str, Any]:
+    """The `model` section of a decoder for `encoder`'s normalised latents: its latent layout, identity latent
+    stats, no colour shortcut; a conflicting entry is an error rather than silently replaced."""
+    fixed = {"z_dim": encoder.z_dim, "spatial_factor": encoder.spatial_factor,
+             "temporal_factor": encoder.temporal_factor, "shortcut": False, "shortcut_motion": False,
+             "latents_mean": 0.0, "latents_std": 1.0}
+    clash = {k: (model[k], v) for k, v in fixed.items() if k in model and model[k] != v}
+    if clash:
+        raise ValueError("model section conflicts with finetune.encoder (given, required): "
+                         + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in clash.items()))
+    return {**model, **fixed}
+
+
+def hybrid_config(vae: HybridVAE) -> dict[str, Any]:
+    return {"encoder": type(vae.encoder).__name__, "decoder": dict(vae.decoder.config)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -241,7 +305,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     args.threads)
 
     ft: FinetuneConfig = cfg["finetune"]
-    if ft.init:
+    encoder = None
+    if ft.encoder:
+        encoder = load_vae(ft.encoder).float().requires_grad_(False)
+        vae = FastVAE(**decoder_config(cfg["model"], encoder))
+        vae.encoder.requires_grad_(False)  # unused: the latents come from `encoder`
+    elif ft.init:
         vae = load_vae(ft.init).float()
         if not isinstance(vae, FastVAE):
             raise ValueError(f"finetune.init must be a FastVAE folder, got {type(vae).__name__}")
@@ -255,25 +324,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             changed = FastVAE.from_config({**base, **ft.overrides})
             changed.load_state_dict(vae.state_dict())  # strict: an override that changes the weights fails here
             vae = changed
-    else:
+    elif not ft.encoder:
         vae = FastVAE(**cfg["model"])
     if ft.freeze_encoder:
         vae.encoder.requires_grad_(False)
     latent_frames(data.frames, vae.temporal_factor)  # fail early on a bad clip length
-    train_ds = VideoOnly(world_dataset("train", data, data.train_length, data.seed))
-    val_ds = world_dataset("val", data, data.val_length, data.val_seed)
-    val_clips = [val_ds[i]["video"] for i in range(len(val_ds))]
+    train_ds, val_ds = clip_datasets(data, data.train_length, data.val_length)
+    train_ds = VideoOnly(train_ds)
+    val_clips = [val_ds[i]["video"].float() for i in range(len(val_ds))]
     stats_clips = [train_ds[i] for i in range(min(ev.stats_clips, len(train_ds)))]
     out = Path(train_cfg.output_dir)
     best_file = out / "best" / "best.json"
 
-    def current_model(trainer: Trainer) -> FastVAE | None:
-        """The EMA (else live) weights as a standalone model on the main process; None elsewhere (collective)."""
+    def current_model(trainer: Trainer) -> FastVAE | HybridVAE | None:
+        """The EMA (else live) weights as a standalone model on the main process; None elsewhere (collective).
+        With `finetune.encoder` it is the HybridVAE the decoder ships in."""
         m = trainer.full_copy("vae", ema=True)
-        return None if m is None else m.to(trainer.accelerator.device)
+        if m is None:
+            return None
+        m = m.to(trainer.accelerator.device)
+        return HybridVAE(encoder.to(m.device), m) if encoder is not None else m
 
-    def stats_of(m: FastVAE):
-        # a frozen encoder keeps the exact normalisation the downstream models were trained with
+    def stats_of(m: FastVAE | HybridVAE):
+        # a frozen encoder keeps the exact normalisation the downstream models were trained with; a HybridVAE's
+        # decoder takes its encoder's normalised latents as they are
+        if isinstance(m, HybridVAE):
+            return None
         return init_stats if ft.freeze_encoder else latent_stats(m, stats_clips, ev.batch_size)
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
@@ -295,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"val_psnr": score, "val_step_ratio": latent_step_ratio(recon, m.temporal_factor),
                 **({"val_psnr_noisy": noisy} if noisy is not None else {})}
 
-    trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"], ft), train_ds, eval_fn=eval_fn)
+    trainer = Trainer(train_cfg, {"vae": vae}, make_step_fn(cfg["loss"], ft, encoder), train_ds, eval_fn=eval_fn)
     t0 = time.perf_counter()
     res = trainer.train(resume=args.resume, until=args.until)
     final = current_model(trainer)
@@ -318,8 +394,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s_this_run": round(time.perf_counter() - t0, 1),
         "val_clips": len(val_clips),
         "clip": [3, data.frames, data.height, data.width],
-        "model": dict(reloaded.config),
-        "params": sum(p.numel() for p in final.parameters()),
+        "model": hybrid_config(reloaded) if isinstance(reloaded, HybridVAE) else dict(reloaded.config),
+        # what runs per decode: a HybridVAE's trained decoder, not its frozen encoder
+        "params": sum(p.numel() for p in (final.decoder.decoder if isinstance(final, HybridVAE) else final).parameters()),
     }
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: report[k] for k in ("val_psnr", "step", "samples_seen", "train_elapsed_s")}))

@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.mini_wan import MiniWanConfig  # noqa: E402
+from benchmarks.mini_wan import WAN22_LATENT_CHANNELS, MiniWanConfig  # noqa: E402
 
 SIZE = 64  # a multiple of the 2.2 VAE's 16x times the patch's 2
 FRAMES = 21  # 6 latent frames: 2 chunks of 3
@@ -238,3 +238,35 @@ def test_teacher_resume_on_the_real_path_is_exact(chain, tmp_path):
     full, split = (load_file(str(tmp_path / run / "step_000004" / "teacher" / "model.safetensors"))
                    for run in ("full", "split"))
     assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_fast_decoder_for_the_wan22_latent_space(chain, tmp_path):
+    """teacher/configs/vae_fastdec_wan2.2-5b.yaml on the miniature directory: a FastVAE decoder trained on the Wan2.2
+    VAE's latents of the folder's videos, then put into the DMD stage with `make_stage --vae`; the stream keeps its
+    latents (same encoder) and decodes with the new decoder."""
+    from benchmarks.real_path_smoke import derive
+    from fashionchameleon.stream import StreamingEngine
+    from fashionchameleon.vae import HybridVAE, WanVAE, load_vae
+
+    d, mini, _ = chain
+    cfg = derive("teacher/configs/vae_fastdec_wan2.2-5b.yaml", tmp_path / "fastdec.yaml",
+                 train={"output_dir": str(tmp_path / "run")},
+                 finetune={"encoder": str(mini / "vae")},
+                 data={"root": str(d / "data"), "val_root": str(d / "data"), "height": SIZE, "width": SIZE,
+                       "frames": 9, "val_length": 1})
+    r = subprocess.run([sys.executable, "-m", "teacher.train_vae", "--config", str(cfg), "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    vae = load_vae(tmp_path / "run" / "final")
+    assert isinstance(vae, HybridVAE) and isinstance(vae.encoder, WanVAE)
+    assert (vae.z_dim, vae.spatial_factor) == (WAN22_LATENT_CHANNELS, 16) and not vae.decoder.config.shortcut
+    stage = tmp_path / "fast_stage"
+    r = subprocess.run([sys.executable, "-m", "distill.make_stage", "--like", str(d / "dmd" / "final"), "--out",
+                        str(stage), "--vae", str(tmp_path / "run" / "final")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from benchmarks.real_path_smoke import stream_check
+
+    summary = stream_check(stage, d / "data")
+    assert summary["frames"] == 30 and summary["swap_generation_last"] == 1
+    assert isinstance(StreamingEngine.from_checkpoint(stage).vae, HybridVAE)
