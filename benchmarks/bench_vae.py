@@ -1,6 +1,8 @@
-"""CPU VAE throughput: FastVAE (demo backend) vs a tiny random Wan VAE.
+"""CPU VAE throughput: FastVAE (demo backend) vs a tiny random Wan VAE; or a preset's VAE vs its HybridVAE.
 
     python benchmarks/bench_vae.py [--vae DIR] [--height 160 --width 128] [--chunk-latents 3] [--threads 2]
+    # the preset's VAE (random weights, its real architecture) against the same encoder with a FastVAE decoder
+    python benchmarks/bench_vae.py --preset wan2.1-1.3b --height 240 --width 416 --repeats 3
 
 Decode: one streaming chunk of `chunk_latents` latent frames (= chunk_latents * temporal_factor pixel frames) through
 `stream_decoder()` after its first latent; encode: a clip of 1 + chunk_latents * tf frames. fp32, torch.no_grad,
@@ -18,7 +20,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from fashionchameleon.configs import get_preset
-from fashionchameleon.vae import WanVAE, build_vae, load_vae
+from fashionchameleon.vae import FastVAE, HybridVAE, WanVAE, build_vae, load_vae
 
 # tiny random Wan2.1-layout VAE (the smallest in research/platform.md §3)
 TINY_WAN = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
@@ -72,9 +74,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--skip-wan", action="store_true")
+    ap.add_argument("--preset", help="bench this preset's VAE and its HybridVAE (FastVAE decoder) instead")
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.preset:
+        vae = build_vae(get_preset(args.preset).vae)
+        dec = FastVAE(z_dim=vae.z_dim, spatial_factor=vae.spatial_factor, temporal_factor=vae.temporal_factor,
+                      shortcut=False)
+        results = [bench(f"{args.preset} VAE", vae, args.height, args.width, args.chunk_latents, args.repeats),
+                   bench("HybridVAE", HybridVAE(vae, dec), args.height, args.width, args.chunk_latents, args.repeats)]
+        for r in results:
+            print(json.dumps(r))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return
     fast = load_vae(args.vae) if args.vae else build_vae(preset.vae)
     results = [bench("FastVAE", fast, args.height, args.width, args.chunk_latents, args.repeats)]
     if not args.skip_wan:
