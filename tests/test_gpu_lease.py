@@ -1,11 +1,11 @@
 """benchmarks/gpu_lease.sh as a lent GPU would run it, on the smoke sections (SMOKE=1): the wide chain's stages hand
 their folders on, and what comes back fits the device tool's limits and loads on the CPU side."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -30,23 +30,23 @@ def test_all_wide_smoke_call_packs_what_comes_back(tmp_path):
     assert len(files) <= 8 and sum(p.stat().st_size for p in files) <= 64 * MiB
     assert all(p.stat().st_size <= 16 * MiB for p in files)
     assert "left out" not in r.stdout
+    # here: benchmarks/unpack_lease.py extracts, restores the VAE the archives leave out, builds the DMD stages
     back = tmp_path / "back"
-    for a in out.glob("*.tgz"):
-        with tarfile.open(a) as tar:
-            tar.extractall(back, filter="data")
-    snaps = sorted(back.glob("runs/gpu_dmd/step_*/ema_generator_rank0.safetensors"))
-    assert (back / "runs/gpu_teacher_wide/final/preset.json").is_file() and snaps
-    assert (back / "runs/gpu_tf/final/transformer").is_dir() and (snaps[-1].parent / "critic").is_dir()
-    # the CPU side restores the VAE the archives leave out, then builds a stage folder from the last snapshot
-    for stage in ("gpu_teacher_wide", "gpu_tf"):
-        shutil.copytree(ROOT / "assets/checkpoints/vae_tiny_dec", back / f"runs/{stage}/final/vae")
+    back.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/unpack_lease.py"), "--from", str(out), "--root",
+                        str(back), "--vae", str(ROOT / "assets/checkpoints/vae_tiny_dec")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert sorted(Path(p).parts[1] for p in summary["vae_restored"]) == ["gpu_teacher_wide", "gpu_tf"]
+    students = [Path(p) for p in summary["dmd_stages"] if not p.endswith("_critic")]
+    assert students and any(p.endswith("_critic") for p in summary["dmd_stages"])
     code = (
-        "import sys; from distill.make_stage import main; from teacher.common import load_stage;"
-        "main(['--weights', sys.argv[1], '--like', sys.argv[2], '--out', sys.argv[3]]);"
-        "t = load_stage(sys.argv[4]).transformer; s = load_stage(sys.argv[3]).transformer;"
-        "assert t.config.attention_head_dim == 64 and s.config.ffn_dim == 1024;"
-        "assert next(s.parameters()).dtype.is_floating_point and str(next(s.parameters()).dtype) == 'torch.float32'"
+        "import sys; from teacher.common import load_stage; from distill.train_dmd import load_critic;"
+        "t = load_stage(sys.argv[1]).transformer; s = load_stage(sys.argv[2]).transformer;"
+        "c = load_critic(sys.argv[2] + '_critic');"
+        "assert t.config.attention_head_dim == 64 and s.config.ffn_dim == 1024 and c.config.ffn_dim == 1024;"
+        "assert str(next(s.parameters()).dtype) == 'torch.float32'"
     )
-    subprocess.run([sys.executable, "-c", code, str(snaps[-1]), str(back / "runs/gpu_tf/final"),
-                    str(tmp_path / "student"), str(back / "runs/gpu_teacher_wide/final")], cwd=ROOT, check=True,
-                   timeout=300)
+    subprocess.run([sys.executable, "-c", code, str(back / "runs/gpu_teacher_wide/final"), str(back / students[-1])],
+                   cwd=ROOT, check=True, timeout=300)
