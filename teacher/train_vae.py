@@ -154,7 +154,7 @@ def clip_datasets(data: DataConfig, train_length: int, val_length: int):
         n = len(train)
         if n <= val_length:
             raise ValueError(f"data.root {data.root} has {n} rows: too few to hold out val_length={val_length} "
-                             "(set data.val_root or lower data.eval val_length)")
+                             "(set data.val_root or lower data.val_length)")
         train, val = (torch.utils.data.Subset(train, range(n - val_length)),
                       torch.utils.data.Subset(train, range(n - val_length, n)))
     return train, val

@@ -172,3 +172,18 @@ def test_train_vae_takes_a_wan_encoder_and_refuses_a_contradicting_model_section
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     r = _train_vae(tmp_path, "--smoke")
     assert r.returncode != 0 and "z_dim=8 vs 16" in r.stderr
+
+
+def test_vae_folder_source_holds_rows_out(tmp_path):
+    from fashionchameleon.data.synth import main as synth
+    from teacher.train_vae import DataConfig, clip_datasets
+
+    synth(["--out", str(tmp_path / "d"), "--clips", "3", "--seed", "1", "--size", "32x32", "--frames", "5"])
+    data = DataConfig(source="folder", root=str(tmp_path / "d"), height=32, width=32, frames=5)
+    train, val = clip_datasets(data, 99, 1)
+    assert (len(train), len(val)) == (2, 1) and val[0]["video"].shape == (3, 5, 32, 32)
+    assert float(val[0]["video"].min()) >= -1 and float(val[0]["video"].max()) <= 1
+    with pytest.raises(ValueError, match="too few"):
+        clip_datasets(data, 99, 3)
+    with pytest.raises(ValueError, match="data.root"):
+        DataConfig(source="folder")
