@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_lease.sh bench_hybrid                # Wan encoder + FastVAE decoder (bench --vae hybrid)
 #   bash benchmarks/gpu_lease.sh real_fsdp                  # the wan2.2-5b configs on a miniature Wan2.2 directory
 #                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
-#                                                            # FSDP as the control (.whl/ needs av too)
+#                                                            # FSDP as the control (world data: no PyAV needed)
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
 # MIXED=no|bf16 (env): --mixed-precision for every stage (default: the configs' auto = bf16 on CUDA; since
 # session 16 that is really applied in one process, where run 5 computed in fp32: MIXED=no reproduces run 5).
@@ -140,11 +140,11 @@ real_fsdp)  # FSDP code paths (flat/sharded params, EMA, full-state-dict exports
     FSDP="--use_fsdp --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
           --fsdp_transformer_layer_cls_to_wrap CausalWanBlock --fsdp_state_dict_type FULL_STATE_DICT"
     for V in 1 2; do
-        timeout 300 python3 benchmarks/real_path_smoke.py --out "runs/real_fsdp$V" --size 128 --frames 33 --clips 4 \
+        timeout 300 python3 benchmarks/real_path_smoke.py --out "runs/real_fsdp$V" --size 128 --frames 33 --data world \
             --launch "python3 -m accelerate.commands.launch --num_processes 1 --mixed_precision bf16 $FSDP --fsdp_version $V" \
             --expect FSDP --json "$OUT/real_fsdp$V.json" || echo "FSDP$V chain failed (rc $?)"
     done
-    timeout 300 python3 benchmarks/real_path_smoke.py --out runs/real_plain --size 128 --frames 33 --clips 4 \
+    timeout 300 python3 benchmarks/real_path_smoke.py --out runs/real_plain --size 128 --frames 33 --data world \
         --json "$OUT/real_plain.json" || echo "plain chain failed (rc $?)"
     ;;
 bench)

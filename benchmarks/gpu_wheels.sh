@@ -3,7 +3,8 @@
 # The machine's image (../.library/device/KINDS.md) runs Python 3.12 with torch, accelerate, transformers,
 # tokenizers, safetensors, opencv and huggingface-hub, but not diffusers or PyAV, and it cannot download anything.
 #   bash benchmarks/gpu_wheels.sh              # diffusers: every training / bench stage
-#   bash benchmarks/gpu_wheels.sh diffusers av # + PyAV (35 MB): `real_fsdp` writes and reads mp4 folders
+#   bash benchmarks/gpu_wheels.sh diffusers av # + PyAV (35 MB): mp4 folders; no longer fits beside the tree
+#                                              # in a call (64 MiB), so `real_fsdp` uses world data instead
 # Carry `.whl` with the run call (64 MiB in all).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,6 +6,7 @@ teacher -> teacher forcing -> GR-DMD -> a streamed clip with a swap, and `render
 import asyncio
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -270,3 +271,20 @@ def test_fast_decoder_for_the_wan22_latent_space(chain, tmp_path):
     summary = stream_check(stage, d / "data")
     assert summary["frames"] == 30 and summary["swap_generation_last"] == 1
     assert isinstance(StreamingEngine.from_checkpoint(stage).vae, HybridVAE)
+
+
+def test_the_lease_check_runs_without_pyav(tmp_path):
+    """`gpu_lease.sh real_fsdp` runs `real_path_smoke.py --data world`: a lent GPU's image has no PyAV, and its wheel
+    does not fit beside the working tree in a call. PyAV is blocked here for every stage's process."""
+    block = tmp_path / "noav"
+    block.mkdir()
+    (block / "av.py").write_text('raise ImportError("PyAV blocked")\n')
+    env = {**os.environ, "PYTHONPATH": str(block)}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/real_path_smoke.py"), "--out", str(tmp_path / "run"),
+                        "--data", "world", "--size", str(SIZE), "--frames", str(FRAMES), "--json",
+                        str(tmp_path / "s.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert all(s["rc"] == 0 and s["step"] == 2 for s in summary["stages"].values())
+    assert summary["stream"]["frames"] == 30 and summary["stream"]["swap_generation_last"] == 1
+    assert not (tmp_path / "run" / "data").exists()  # no mp4 folder was written
