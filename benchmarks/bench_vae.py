@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from fashionchameleon.configs import get_preset
-from fashionchameleon.vae import FastVAE, HybridVAE, WanVAE, build_vae, load_vae
+from fashionchameleon.vae import FastVAE, HybridVAE, WanVAE, build_vae, decoder_fields, load_vae
 
 # tiny random Wan2.1-layout VAE (the smallest in research/platform.md §3)
 TINY_WAN = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
@@ -81,8 +81,7 @@ def main() -> None:
     torch.manual_seed(0)
     if args.preset:
         vae = build_vae(get_preset(args.preset).vae)
-        dec = FastVAE(z_dim=vae.z_dim, spatial_factor=vae.spatial_factor, temporal_factor=vae.temporal_factor,
-                      shortcut=False)
+        dec = FastVAE(**decoder_fields(vae))
         results = [bench(f"{args.preset} VAE", vae, args.height, args.width, args.chunk_latents, args.repeats),
                    bench("HybridVAE", HybridVAE(vae, dec), args.height, args.width, args.chunk_latents, args.repeats)]
         for r in results:

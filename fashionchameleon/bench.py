@@ -87,12 +87,10 @@ def build_engine(args):
 
         engine.vae = FastVAE(z_dim=engine.vae.z_dim, spatial_factor=engine.vae.spatial_factor).to(device).eval()
     elif args.vae == "hybrid":
-        from .vae import FastVAE, HybridVAE
+        from .vae import FastVAE, HybridVAE, decoder_fields
 
-        enc = engine.vae.encoder if isinstance(engine.vae, HybridVAE) else engine.vae
-        dec = FastVAE(z_dim=enc.z_dim, spatial_factor=enc.spatial_factor, temporal_factor=enc.temporal_factor,
-                      shortcut=False)
-        engine.vae = HybridVAE(enc, dec.to(device=device, dtype=enc.dtype).eval())
+        dec = FastVAE(**decoder_fields(engine.vae)).to(device=device, dtype=engine.vae.dtype).eval()
+        engine.vae = HybridVAE(engine.vae, dec)  # a hybrid's own encoder is kept
     if args.attn != "sdpa":
         engine.transformer.set_attn_backend(args.attn)
     if args.compile:

@@ -31,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 from diffusers.models.modeling_utils import ModelMixin
 
-__all__ = ["WanVAE", "FastVAE", "HybridVAE", "load_vae", "build_vae", "check_vae_dir", "latent_frames", "pixel_frames"]
+__all__ = ["WanVAE", "FastVAE", "HybridVAE", "decoder_fields", "load_vae", "build_vae", "check_vae_dir", "latent_frames", "pixel_frames"]
 
 
 def latent_frames(num_frames: int, temporal_factor: int) -> int:
@@ -559,6 +559,13 @@ class HybridVAE(nn.Module):
 
     def stream_decoder(self) -> "FastStreamDecoder":
         return self.decoder.stream_decoder()
+
+
+def decoder_fields(encoder) -> dict[str, Any]:
+    """The FastVAE config fields a decoder of `encoder`'s normalised latents must have (the rest is free)."""
+    return {"z_dim": encoder.z_dim, "spatial_factor": encoder.spatial_factor,
+            "temporal_factor": encoder.temporal_factor, "shortcut": False, "shortcut_motion": False,
+            "latents_mean": 0.0, "latents_std": 1.0}
 
 
 def check_decoder_fits(encoder, decoder: "FastVAE") -> None:

@@ -29,7 +29,7 @@ import torch
 
 from fashionchameleon.trainer import (StepContext, TrainConfig, Trainer, apply_cli_overrides, dataclass_from_dict,
                                      load_yaml_config)
-from fashionchameleon.vae import FastVAE, HybridVAE, latent_frames, load_vae
+from fashionchameleon.vae import FastVAE, HybridVAE, decoder_fields, latent_frames, load_vae
 from teacher.common import stage_parser
 
 
@@ -275,9 +275,7 @@ def export(vae: FastVAE | HybridVAE, dest: Path, stats: tuple[Any, Any] | None, 
 def decoder_config(model: dict[str, Any], encoder) -> dict[str, Any]:
     """The `model` section of a decoder for `encoder`'s normalised latents: its latent layout, identity latent
     stats, no colour shortcut; a conflicting entry is an error rather than silently replaced."""
-    fixed = {"z_dim": encoder.z_dim, "spatial_factor": encoder.spatial_factor,
-             "temporal_factor": encoder.temporal_factor, "shortcut": False, "shortcut_motion": False,
-             "latents_mean": 0.0, "latents_std": 1.0}
+    fixed = decoder_fields(encoder)
     clash = {k: (model[k], v) for k, v in fixed.items() if k in model and model[k] != v}
     if clash:
         raise ValueError("model section conflicts with finetune.encoder (given, required): "
@@ -324,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             changed = FastVAE.from_config({**base, **ft.overrides})
             changed.load_state_dict(vae.state_dict())  # strict: an override that changes the weights fails here
             vae = changed
-    elif not ft.encoder:
+    else:
         vae = FastVAE(**cfg["model"])
     if ft.freeze_encoder:
         vae.encoder.requires_grad_(False)
