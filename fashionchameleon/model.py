@@ -156,6 +156,10 @@ class _ForwardContext:
 
 
 ATTENTION_MODES = ("bidirectional", "block_causal", "cached")
+# "flow": the network outputs the flow (Wan). "sample": it outputs x0 and forward() returns the flow
+# (x_t - x0) / max(sigma, sample_sigma_min), so every caller still sees a flow. A narrow network then need not
+# carry the input noise through its blocks (JiT's x-prediction); see docs/TRAINING.md.
+PREDICTION_TYPES = ("flow", "sample")
 
 
 class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
@@ -185,10 +189,17 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
         added_kv_proj_dim: int | None = None,
         rope_max_seq_len: int = 1024,
         pos_embed_seq_len: int | None = None,
+        prediction_type: str = "flow",
+        sample_sigma_min: float = 0.05,
+        num_train_timesteps: int = 1000,
     ):
         super().__init__()
         if qk_norm != "rms_norm_across_heads":
             raise ValueError(f"only qk_norm='rms_norm_across_heads' is supported, got {qk_norm!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if not 0 < sample_sigma_min < 1:
+            raise ValueError(f"sample_sigma_min must be in (0, 1), got {sample_sigma_min}")
         inner = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
         self.rope = WanRope(attention_head_dim)
@@ -266,6 +277,13 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
         temb = ce.time_embedder(t).to(dtype)
         proj = ce.time_proj(ce.act_fn(temb))
         return temb.view(b, f, -1), proj.view(b, f, 6, -1)
+
+    def _flow_from_sample(self, x_t: torch.Tensor, x0: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Flow of an x0 prediction; `timestep` is per latent patch-frame `[B, F / p_t]`."""
+        c = self.config
+        sigma = (timestep.float() / c.num_train_timesteps).clamp(min=c.sample_sigma_min)
+        sigma = sigma.repeat_interleave(c.patch_size[0], dim=1)[:, None, :, None, None]
+        return ((x_t[:, : x0.shape[1]].float() - x0.float()) / sigma).to(x0.dtype)
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -371,6 +389,8 @@ class CausalWanTransformer3DModel(ModelMixin, ConfigMixin):
         x = self.proj_out(x.view(b, -1, dim).to(x_dtype))
         x = x.reshape(b, pf, ph, pw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if self.config.prediction_type == "sample":
+            out = self._flow_from_sample(hidden_states, out, timestep)
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)

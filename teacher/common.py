@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -242,10 +243,10 @@ def build_components(cfg: ModelConfig) -> Components:
     else:
         preset = get_preset(cfg.preset)
         if cfg.transformer:
-            unknown = set(cfg.transformer) - set(preset.transformer)
+            allowed = set(inspect.signature(CausalWanTransformer3DModel.__init__).parameters) - {"self"}
+            unknown = set(cfg.transformer) - allowed
             if unknown:
-                raise ValueError(f"unknown model.transformer keys {sorted(unknown)}; allowed: "
-                                 f"{sorted(preset.transformer)}")
+                raise ValueError(f"unknown model.transformer keys {sorted(unknown)}; allowed: {sorted(allowed)}")
             preset.transformer = {**preset.transformer, **cfg.transformer}
         torch.manual_seed(cfg.seed)
         transformer = CausalWanTransformer3DModel(**preset.transformer)

@@ -292,3 +292,58 @@ def test_gradients_flow_in_block_causal_mode(pair):
     out.square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in m.blocks[0].attn1.parameters())
+
+
+def _sample_twin(flow_model, **extra):
+    """The same weights with `prediction_type='sample'`: the raw network output is read as x0."""
+    cfg = {**dict(flow_model.config), "prediction_type": "sample", **extra}
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    twin = CausalWanTransformer3DModel(**cfg).eval()
+    twin.load_state_dict(flow_model.state_dict(), strict=True)
+    return twin
+
+
+def test_sample_prediction_returns_the_flow_of_its_x0(pair):
+    """x-prediction: forward() returns (x_t - x0) / max(sigma, sigma_min), per frame, so callers see a flow."""
+    _, flow = pair
+    twin = _sample_twin(flow, sample_sigma_min=0.1)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 16, 4, 4, 6, generator=g)
+    t = torch.tensor([[0.0, 0.0, 950.0, 950.0], [0.0, 0.0, 40.0, 40.0]])  # conds at t=0, 40 is below the clip
+    e = torch.randn(2, 5, 16, generator=g)
+    with torch.no_grad():
+        x0 = flow(x, t, e).sample
+        v = twin(x, t, e).sample
+    sigma = (t / 1000).clamp(min=0.1)[:, None, :, None, None]
+    assert torch.allclose(v, (x - x0) / sigma, atol=1e-4)
+    # the x0 the samplers recover from that flow is the network's output wherever sigma is above the clip
+    assert torch.allclose((x - 0.95 * v)[0, :, 2:], x0[0, :, 2:], atol=1e-4)
+
+
+def test_sample_prediction_cached_equals_block_causal_and_round_trips(pair, tmp_path):
+    _, flow = pair
+    twin = _sample_twin(flow)
+    stream = StreamConfig(chunk_frames=2, cond_frames=2, cache_frames=10, sink_chunks=1)
+    x, e, _, tpf = _chunked_inputs(twin, 2, seed=12)
+    t = torch.tensor([[0.0, 0.0, 500.0, 500.0, 250.0, 250.0]])
+    with torch.no_grad():
+        full = twin(x, t, e, attention_mode="block_causal", chunk_frames=2, cond_frames=2).sample
+        cache = twin.new_kv_cache(CacheLayout.from_stream(stream, tpf))
+        cross = twin.new_cross_cache()
+        outs = [twin(x[:, :, :2], t[:, :2], e, kv_cache=cache, cache_op="cond", crossattn_cache=cross).sample]
+        for sl in (slice(2, 4), slice(4, 6)):
+            outs.append(twin(x[:, :, sl], t[:, sl], None, kv_cache=cache, cache_op="commit",
+                             crossattn_cache=cross).sample)
+    assert (torch.cat(outs, dim=2) - full)[:, :, 2:].abs().max().item() <= 1e-3
+    twin.save_pretrained(tmp_path / "t")
+    back = CausalWanTransformer3DModel.from_pretrained(tmp_path / "t").eval()
+    assert back.config.prediction_type == "sample"
+    with torch.no_grad():
+        assert torch.allclose(back(x, t, e).sample, twin(x, t, e).sample, atol=1e-5)
+
+
+def test_bad_prediction_type_is_refused():
+    with pytest.raises(ValueError, match="prediction_type"):
+        CausalWanTransformer3DModel(**{**tiny_cfg(), "prediction_type": "epsilon"})
+    with pytest.raises(ValueError, match="sample_sigma_min"):
+        CausalWanTransformer3DModel(**{**tiny_cfg(), "prediction_type": "sample", "sample_sigma_min": 0.0})
