@@ -13,6 +13,9 @@
 #                                                            # under accelerate FSDP (v1, v2) on one GPU, then without
 #                                                            # FSDP as the control (world data: no PyAV needed)
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
+# CACHE_CLIPS=N (env, default 40000; 0 = off) and CACHE_MIN (default 1): teacher_wide / all_wide first pre-encode up
+# to N training clips with the data workers (teacher.cache_latents, at most CACHE_MIN minutes), then train from that
+# latent cache with no workers: run 5's teacher spent 2/3 of each step waiting on rendering.
 # MIXED=no|bf16 (env): --mixed-precision for every stage (default: the configs' auto = bf16 on CUDA; since
 # session 16 that is really applied in one process, where run 5 computed in fp32: MIXED=no reproduces run 5).
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored; `bash benchmarks/gpu_wheels.sh [PKG ...]`
@@ -67,6 +70,20 @@ pack() {  # $1 archive name, $2 run dir: its final stage folder without the VAE 
     return 0
 }
 
+wide_cache() {  # sets TDATA to the teacher's data flags: a latent cache of tiny_wide_gpu.yaml's clips, else rendering
+    local clips=${CACHE_CLIPS:-40000}
+    TDATA="--workers $WORKERS --data-echo $ECHO"
+    (( clips > 0 )) || return 0
+    [[ ${SMOKE:-0} == 1 ]] && clips=8
+    rm -rf runs/cache_wide
+    if python3 -m teacher.cache_latents --config teacher/configs/tiny_wide_gpu.yaml --out runs/cache_wide \
+            --clips "$clips" --workers "$WORKERS" --batch-size 64 --dtype float16 --max-minutes "${CACHE_MIN:-1}"; then
+        TDATA="--latent-cache runs/cache_wide --workers 0"
+    else
+        echo "latent cache failed; the teacher renders its clips on the fly"
+    fi
+}
+
 dmd_pack() {  # generator EMA snapshots, most wanted first (run 5 shipped step 150: the last that passed 1,008 frames)
     local s n want PICK=() STEPS
     tar czf "$OUT/dmd_log.tgz" runs/gpu_dmd/log.csv runs/gpu_dmd/result.json 2>/dev/null
@@ -104,8 +121,8 @@ teacher)  # optional INIT: a stage folder to continue from (carry it), e.g. runs
     ;;
 teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     MIN=${2:-8}
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$MIN" \
-        --workers "$WORKERS" --data-echo "$ECHO"
+    wide_cache
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$MIN" $TDATA
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide; (( rc )) && exit 5
     # held-out scores and sheet on the machine's CPU threads (SCORE=0 skips), so the next session reads them at once
     if [[ ${SCORE:-1} == 1 ]]; then
@@ -116,8 +133,8 @@ teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     ;;
 all_wide)  # one call for the whole wide chain; held-out sampling runs afterwards on the CPU side
     T_MIN=${2:-3.5}; TF_MIN=${3:-1.5}; DMD_MIN=${4:-1.5}; TEACHER=runs/gpu_teacher_wide/final
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" \
-        --workers "$WORKERS" --data-echo "$ECHO"
+    wide_cache
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" $TDATA
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide
     if (( rc )) || [[ ! -f $TEACHER/preset.json ]]; then
         # the lease is scarce: distil the published teacher (run 5's recipe) rather than end the call

@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.tau > 0:
             ap.error(f"--tau must be > 0 (inf for vanilla DMD), got {args.tau}")
         dmd.tau = args.tau
+    if data.latent_cache:
+        ap.error("data.latent_cache feeds the teacher and teacher-forcing stages; GR-DMD needs the garment "
+                 "pixels (reward, blank garment), so remove it from this config")
 
     comp = build_components(model_cfg)  # generator (+ the shared frozen VAE and text encoder)
     comp.text_encoder.requires_grad_(False)

@@ -26,9 +26,9 @@ import torch
 from fashionchameleon.attention import flex_block_mask, teacher_forcing_mask
 from fashionchameleon.sampling import FlowMatching
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
-from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
-                            drop_prompts, finish_stage, stage_parser,
-                            encode_batch, export_stage, region_loss_weight, per_frame_bell_mse, plot_curves, routed, wrap)
+from teacher.common import (DataConfig, ModelConfig, apply_overrides, build_components, drop_prompts, encode_batch,
+                            export_stage, finish_stage, per_frame_bell_mse, plot_curves, region_loss_weight, routed,
+                            stage_parser, training_dataset, wrap)
 
 
 @dataclass
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     comp = build_components(model_cfg)
     out = Path(train_cfg.output_dir)
-    train_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
+    train_ds = training_dataset(data, comp, data.train_length, data.seed)
 
     def eval_fn(trainer: Trainer) -> dict[str, Any]:
         dest = export_stage(trainer, "student", comp, out / "latest")  # collective

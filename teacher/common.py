@@ -96,6 +96,9 @@ class DataConfig:
     # Extra loss weight on the whole person (every gt label but background), on top of the garment's. The figure
     # covers a small share of the frame, and every teacher so far keeps the scene while the body fades (run 8).
     body_loss_weight: float = 0.0
+    # Training clips pre-encoded by the frozen VAE (`python -m teacher.cache_latents`), read instead of rendering
+    # and encoding `source` at every step (teacher and teacher forcing). Held-out samples still come from `source`.
+    latent_cache: str | None = None
 
     def __post_init__(self):
         if self.source not in ("world", "folder"):
@@ -309,6 +312,21 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
                          fps=data.fps, clip_start=data.clip_start, seed=seed)
 
 
+def training_dataset(data: DataConfig, comp: "Components", length: int, seed: int):
+    """The stage's training clips: the latent cache `data.latent_cache` (checked against the stage's VAE, clip
+    length, size and loss masks), else `source` rendered or read per step."""
+    if not data.latent_cache:
+        return Triplets(build_dataset(data, comp.preset, "train", length, seed))
+    from fashionchameleon.data.latent_cache import LatentCache, module_fingerprint
+
+    cache = LatentCache(data.latent_cache)
+    needed = tuple(COVERAGE_OF_MASK[k] for k, w in (("garment_mask", data.garment_loss_weight),
+                                                   ("body_mask", data.body_loss_weight)) if w > 0)
+    cache.check(vae_fingerprint=module_fingerprint(comp.vae), frames=data.frames, height=comp.preset.height,
+                width=comp.preset.width, coverage=needed)
+    return cache
+
+
 MASK_KEYS = ("garment_mask", "body_mask")
 KEEP_KEYS = ("reference", "garment", "video", "prompt") + MASK_KEYS
 
@@ -366,13 +384,19 @@ class Triplets(torch.utils.data.Dataset):
 
 def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_factor: int,
                          extra: float) -> torch.Tensor | None:
-    """Pixel masks `[B, T, H, W]` -> loss weights `1 + extra * coverage`, shaped `[B, 1, f, h, w]`.
+    """Pixel masks `[B, T, H, W]` -> loss weights `1 + extra * coverage`, shaped `[B, 1, f, h, w]` (see
+    `latent_coverage`)."""
+    if mask is None or extra == 0:
+        return None
+    return 1.0 + extra * latent_coverage(mask, latent_shape, temporal_factor)
+
+
+def latent_coverage(mask: torch.Tensor, latent_shape, temporal_factor: int) -> torch.Tensor:
+    """Pixel masks `[B, T, H, W]` -> the area each latent cell covers, `[B, 1, f, h, w]` in [0, 1].
 
     Latent frame 0 holds pixel frame 0 and latent frame k the `temporal_factor` frames before 1 + k * factor
     (the causal VAE's grouping); a latent cell's coverage is the max over its frames of the area fraction.
     """
-    if mask is None or extra == 0:
-        return None
     f, h, w = latent_shape[-3:]
     m = mask_values(mask)
     if m.shape[1] != 1 + (f - 1) * temporal_factor:
@@ -383,14 +407,23 @@ def latent_region_weight(mask: torch.Tensor | None, latent_shape, temporal_facto
     if f > 1:
         rest = rest.reshape(m.shape[0], f - 1, temporal_factor, h, w).amax(dim=2)
         area = torch.cat([first, rest], dim=1)
-    return (1.0 + extra * area).unsqueeze(1)
+    return area.unsqueeze(1)
+
+
+# pixel mask -> its latent coverage as a latent cache stores it
+COVERAGE_OF_MASK = {"garment_mask": "garment_cov", "body_mask": "body_cov"}
 
 
 def region_loss_weight(batch: dict, latent_shape, temporal_factor: int, data: DataConfig) -> torch.Tensor | None:
     """`1 + garment_loss_weight * garment coverage + body_loss_weight * body coverage` per latent cell, or None
-    when neither weight is on (see `latent_region_weight`)."""
-    terms = [latent_region_weight(batch.get(key), latent_shape, temporal_factor, w)
-             for key, w in (("garment_mask", data.garment_loss_weight), ("body_mask", data.body_loss_weight))]
+    when neither weight is on (see `latent_region_weight`). A latent-cache batch brings the coverage itself."""
+    terms = []
+    for key, w in (("garment_mask", data.garment_loss_weight), ("body_mask", data.body_loss_weight)):
+        cov = batch.get(COVERAGE_OF_MASK[key])
+        if cov is not None and w:
+            terms.append(1.0 + w * cov.float())
+        else:
+            terms.append(latent_region_weight(batch.get(key), latent_shape, temporal_factor, w))
     terms = [t for t in terms if t is not None]
     if not terms:
         return None
@@ -400,7 +433,10 @@ def region_loss_weight(batch: dict, latent_shape, temporal_factor: int, data: Da
 # ------------------------------------------------------------------------------------------------ conditioning
 @torch.no_grad()
 def encode_batch(vae, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ref [B,z,1,h,w], garment [B,z,1,h,w], video [B,z,f,h,w]) normalised latents from the frozen VAE."""
+    """(ref [B,z,1,h,w], garment [B,z,1,h,w], video [B,z,f,h,w]) normalised latents from the frozen VAE, or as a
+    latent-cache batch brings them (`*_latent` keys)."""
+    if "video_latent" in batch:
+        return tuple(batch[f"{k}_latent"].to(device, torch.float32) for k in ("reference", "garment", "video"))
     dt = next(vae.parameters()).dtype
     ref = vae.encode_image(pixels(batch["reference"], device, dt)).float()
     gar = vae.encode_image(pixels(batch["garment"], device, dt)).float()
@@ -674,15 +710,20 @@ def stage_parser(description: str, init_help: str | None = "stage folder to star
     ap.add_argument("--lr", type=float, help="overrides train.lr")
     ap.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
                     help="overrides train.mixed_precision (auto: bf16 on CUDA, none on CPU)")
+    ap.add_argument("--latent-cache", help="pre-encoded training clips (overrides data.latent_cache; build them "
+                                           "with `python -m teacher.cache_latents`)")
     return ap
 
 
 def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, DataConfig]:
-    """Apply --smoke / --max-steps / --out / --threads to the train and data sections; set the CPU threads."""
+    """Apply --smoke / --max-steps / --out / --threads / --latent-cache to the train and data sections; set the CPU
+    threads."""
     from fashionchameleon.trainer import apply_cli_overrides, dataclass_from_dict
 
     if args.smoke:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
+    if getattr(args, "latent_cache", None):
+        data = dataclass_from_dict(DataConfig, {**vars(data), "latent_cache": args.latent_cache})
     train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads,
                                     getattr(args, "max_minutes", None), getattr(args, "batch_size", None),
                                     getattr(args, "workers", None), getattr(args, "data_echo", None),

@@ -24,10 +24,9 @@ from typing import Any
 import torch
 
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
-from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
-                            drop_prompts, finish_stage, stage_parser,
-                            encode_batch, export_stage, incontext_flow, region_loss_weight, per_frame_bell_mse,
-                            plot_curves, routed, wrap)
+from teacher.common import (DataConfig, ModelConfig, apply_overrides, build_components, build_dataset, drop_prompts,
+                            encode_batch, export_stage, finish_stage, incontext_flow, per_frame_bell_mse, plot_curves,
+                            region_loss_weight, routed, stage_parser, training_dataset, wrap)
 
 
 @dataclass
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     comp = build_components(cfg["model"])
     out = Path(train_cfg.output_dir)
-    train_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
+    train_ds = training_dataset(data, comp, data.train_length, data.seed)
     examples = []
     if sample.examples:
         held = build_dataset(data, comp.preset, sample.split, sample.examples, data.val_seed)

@@ -1,0 +1,193 @@
+"""Pre-encoded training clips: the frozen VAE's latents of a dataset, written once and read by every step.
+
+Why: a teacher or teacher-forcing step spends a third of its CPU time in the frozen VAE's encoder, and on the GPU
+(run 5) two thirds of it waiting for workers that render the world (docs/TRAINING.md). The latents do not change
+while the VAE is frozen, so they are computed once (`python -m teacher.cache_latents`) and training reads them.
+
+Folder layout:
+
+    meta.json                  format, clip count, frames, size, latent shape, the VAE's fingerprint, provenance
+    prompts.json               one prompt per clip
+    shard_00000.safetensors    reference [n, z, 1, h, w], garment [n, z, 1, h, w], video [n, z, f, h, w],
+    shard_00001.safetensors    and optional garment_cov / body_cov [n, 1, f, h, w] (mask coverage per latent cell)
+
+A cache is tied to the VAE that wrote it: `LatentCache.check` refuses one whose fingerprint, frame count or size
+differ from the stage that reads it (latents of another VAE are another latent space).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "fashionchameleon-latent-cache"
+VERSION = 1
+META_FILE = "meta.json"
+PROMPTS_FILE = "prompts.json"
+SHARD_PATTERN = "shard_{:05d}.safetensors"
+LATENT_KEYS = ("reference", "garment", "video")
+COVERAGE_KEYS = ("garment_cov", "body_cov")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class LatentCacheError(ValueError):
+    """A latent cache that is missing, corrupt, or does not fit the stage reading it."""
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes, bytes): which weights wrote a cache."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class LatentCacheWriter:
+    """Appends batches and writes a shard every `shard_size` clips; `close()` writes the rest and meta.json last,
+    so a folder without meta.json is an unfinished cache and is never read."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict[str, Any], shard_size: int = 1024,
+                 dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.root = Path(root)
+        if (self.root / META_FILE).exists():
+            raise FileExistsError(f"{self.root} already holds a latent cache; choose another --out")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.meta = dict(meta)
+        self.dtype = dtype
+        self.shard_size = shard_size
+        self.pending: dict[str, list[torch.Tensor]] = {}
+        self.pending_n = 0
+        self.prompts: list[str] = []
+        self.shards: list[dict[str, Any]] = []
+        self.keys: tuple[str, ...] | None = None
+
+    def add(self, tensors: dict[str, torch.Tensor], prompts: list[str]) -> None:
+        keys = tuple(sorted(tensors))
+        if self.keys is None:
+            missing = set(LATENT_KEYS) - set(keys)
+            if missing:
+                raise ValueError(f"a cache batch needs {LATENT_KEYS}; missing {sorted(missing)}")
+            self.keys = keys
+        elif keys != self.keys:
+            raise ValueError(f"batch keys {keys} differ from the first batch's {self.keys}")
+        n = tensors["video"].shape[0]
+        if len(prompts) != n or any(t.shape[0] != n for t in tensors.values()):
+            raise ValueError("every tensor and the prompt list must have one entry per clip")
+        for k, t in tensors.items():
+            self.pending.setdefault(k, []).append(t.detach().to("cpu", DTYPES[self.dtype]))
+        self.prompts.extend(prompts)
+        self.pending_n += n
+        while self.pending_n >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        joined = {k: torch.cat(v) for k, v in self.pending.items()}
+        out = {k: t[:n].contiguous() for k, t in joined.items()}
+        self.pending = {k: [t[n:]] for k, t in joined.items()}
+        self.pending_n -= n
+        name = SHARD_PATTERN.format(len(self.shards))
+        save_file(out, str(self.root / name))
+        self.shards.append({"file": name, "clips": n})
+
+    def close(self) -> dict[str, Any]:
+        if self.pending_n:
+            self._flush(self.pending_n)
+        if not self.shards:
+            raise ValueError("no clips were added; an empty cache is not written")
+        (self.root / PROMPTS_FILE).write_text(json.dumps(self.prompts))
+        meta = {"format": FORMAT, "version": VERSION, **self.meta, "clips": len(self.prompts), "dtype": self.dtype,
+                "keys": list(self.keys or ()), "shards": self.shards}
+        (self.root / META_FILE).write_text(json.dumps(meta, indent=1))
+        return meta
+
+
+def read_meta(root: str | os.PathLike) -> dict[str, Any]:
+    root = Path(root)
+    path = root / META_FILE
+    if not root.is_dir():
+        raise LatentCacheError(f"latent cache folder not found: {root}")
+    if not path.is_file():
+        raise LatentCacheError(f"{root} has no {META_FILE}: not a latent cache, or one that was never finished "
+                               "(build it with `python -m teacher.cache_latents`)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LatentCacheError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LatentCacheError(f"{path} is not a {FORMAT} meta file")
+    if meta.get("version") != VERSION:
+        raise LatentCacheError(f"{path}: cache format version {meta.get('version')} is not {VERSION}; rebuild it")
+    return meta
+
+
+class LatentCache(torch.utils.data.Dataset):
+    """The cached clips as a map-style dataset; all shards are held in memory (a 21-frame tiny clip is ~0.2 MB in
+    float32). Items carry the latents under their pixel names' `*_latent` keys, which `encode_batch` uses as is."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        try:
+            self.prompts = json.loads((self.root / PROMPTS_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LatentCacheError(f"{self.root / PROMPTS_FILE} is missing or unreadable: {e}") from e
+        parts: dict[str, list[torch.Tensor]] = {}
+        for shard in self.meta["shards"]:
+            path = self.root / shard["file"]
+            if not path.is_file():
+                raise LatentCacheError(f"latent cache shard missing: {path}")
+            try:
+                tensors = load_file(str(path))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise LatentCacheError(f"latent cache shard {path} is corrupt: {e}") from e
+            if set(tensors) != set(self.meta["keys"]):
+                raise LatentCacheError(f"{path} holds {sorted(tensors)}, meta.json lists {self.meta['keys']}")
+            if any(t.shape[0] != shard["clips"] for t in tensors.values()):
+                raise LatentCacheError(f"{path} does not hold the {shard['clips']} clips meta.json lists")
+            for k, t in tensors.items():
+                parts.setdefault(k, []).append(t)
+        self.tensors = {k: torch.cat(v) for k, v in parts.items()}
+        n = self.meta["clips"]
+        if len(self.prompts) != n or any(t.shape[0] != n for t in self.tensors.values()):
+            raise LatentCacheError(f"{self.root}: shards and prompts do not add up to the {n} clips meta.json lists")
+
+    def __len__(self) -> int:
+        return self.meta["clips"]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {f"{k}_latent": self.tensors[k][i] for k in LATENT_KEYS}
+        item.update({k: self.tensors[k][i] for k in COVERAGE_KEYS if k in self.tensors})
+        item["prompt"] = self.prompts[i]
+        return item
+
+    def check(self, *, vae_fingerprint: str, frames: int, height: int, width: int,
+              coverage: tuple[str, ...] = ()) -> None:
+        """Refuse a cache that the reading stage would misread (another VAE, clip length, size or missing masks)."""
+        m = self.meta
+        problems = []
+        if m.get("vae_fingerprint") != vae_fingerprint:
+            problems.append(f"it was encoded by another VAE (cache {m.get('vae')!r}, fingerprint "
+                            f"{str(m.get('vae_fingerprint'))[:12]}…; this stage's VAE {vae_fingerprint[:12]}…)")
+        if m.get("frames") != frames:
+            problems.append(f"its clips have {m.get('frames')} frames, data.frames is {frames}")
+        if (m.get("height"), m.get("width")) != (height, width):
+            problems.append(f"its clips are {m.get('height')}x{m.get('width')}, the stage trains at {height}x{width}")
+        for k in coverage:
+            if k not in self.tensors:
+                problems.append(f"it has no {k} (built without those masks), but the loss weights them")
+        if problems:
+            raise LatentCacheError(f"latent cache {self.root} does not fit this stage: " + "; ".join(problems)
+                                   + ". Rebuild it with `python -m teacher.cache_latents` and this config.")

@@ -1,0 +1,157 @@
+"""Latent cache: cached batches == encoding on the fly, training through it, and caches that must be refused."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from distill import train_dmd, train_tf
+from fashionchameleon.data.latent_cache import (LatentCache, LatentCacheError, LatentCacheWriter, META_FILE,
+                                                module_fingerprint)
+from teacher import cache_latents, train_teacher
+from teacher.common import (Triplets, build_components, build_dataset, encode_batch, region_loss_weight,
+                            training_dataset)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "teacher/configs/smoke.yaml"
+CLIPS = 5
+
+
+def masked_config(tmp_path: Path, **data) -> Path:
+    """The teacher smoke config with both loss masks on (so the cache must carry both coverages)."""
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["data"].update(garment_loss_weight=4.0, body_loss_weight=2.0, **data)
+    path = tmp_path / "teacher_masked.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cache")
+    config = masked_config(tmp)
+    out = tmp / "latents"
+    meta = cache_latents.main(["--config", str(config), "--out", str(out), "--clips", str(CLIPS),
+                               "--batch-size", "2", "--shard-size", "2", "--threads", "1"])
+    return config, out, meta
+
+
+def test_cached_batches_equal_encoding_on_the_fly(cache):
+    """lucidrains-style: what a step reads from the cache == what it would encode from the rendered clips."""
+    config, out, meta = cache
+    assert meta["clips"] == CLIPS and len(meta["shards"]) == 3  # 2 + 2 + 1
+    model_cfg, data = cache_latents.load_sections(str(config))
+    comp = build_components(model_cfg)
+    cached = training_dataset(data, comp, data.train_length, data.seed)
+    assert not isinstance(cached, LatentCache)  # the config itself names no cache
+    data.latent_cache = str(out)
+    cached = training_dataset(data, comp, data.train_length, data.seed)
+    assert isinstance(cached, LatentCache) and len(cached) == CLIPS
+    pix = Triplets(build_dataset(data, comp.preset, "train", CLIPS, data.seed))
+    collate = torch.utils.data.default_collate
+    b_cache = collate([cached[i] for i in range(CLIPS)])
+    b_pix = collate([pix[i] for i in range(CLIPS)])
+    assert list(b_cache["prompt"]) == list(b_pix["prompt"])
+    for a, b in zip(encode_batch(comp.vae, b_cache, "cpu"), encode_batch(comp.vae, b_pix, "cpu")):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    shape = b_pix["video"].shape
+    lat_shape = encode_batch(comp.vae, b_pix, "cpu")[2].shape
+    w_cache = region_loss_weight(b_cache, lat_shape, comp.preset.temporal_factor, data)
+    w_pix = region_loss_weight(b_pix, lat_shape, comp.preset.temporal_factor, data)
+    assert w_pix is not None and w_pix.max() > 1.0, f"no garment in {shape}?"
+    torch.testing.assert_close(w_cache, w_pix)
+
+
+def test_teacher_and_teacher_forcing_train_from_the_cache(cache, tmp_path):
+    config, out, _ = cache
+    res = train_teacher.main(["--config", str(config), "--smoke", "--out", str(tmp_path / "t"),
+                              "--latent-cache", str(out)])
+    assert res["step"] == 4 and torch.isfinite(torch.tensor(res["loss"]))
+    assert (tmp_path / "t/final/transformer/config.json").is_file()
+    # teacher forcing from that teacher, on a cache of its own clip length
+    tf_cfg = yaml.safe_load((ROOT / "distill/configs/tf_smoke.yaml").read_text())
+    tf_cfg["model"]["init"] = str(tmp_path / "t/final")
+    tf_path = tmp_path / "tf.yaml"
+    tf_path.write_text(yaml.safe_dump(tf_cfg))
+    tf_cache = tmp_path / "tf_latents"
+    cache_latents.main(["--config", str(tf_path), "--out", str(tf_cache), "--clips", "4", "--threads", "1"])
+    res = train_tf.main(["--config", str(tf_path), "--smoke", "--out", str(tmp_path / "tf"),
+                         "--latent-cache", str(tf_cache)])
+    assert res["step"] == 4 and (tmp_path / "tf/final/transformer/config.json").is_file()
+
+
+def test_a_cache_that_does_not_fit_the_stage_is_refused(cache, tmp_path, capsys):
+    config, out, _ = cache
+    model_cfg, data = cache_latents.load_sections(str(config))
+    comp = build_components(model_cfg)
+    data.latent_cache = str(out)
+    # another VAE (another latent space)
+    other = build_components(model_cfg)
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(0.01)
+    with pytest.raises(LatentCacheError, match="another VAE"):
+        training_dataset(data, other, data.train_length, data.seed)
+    # another clip length
+    data.frames = 9
+    with pytest.raises(LatentCacheError, match="frames"):
+        training_dataset(data, comp, data.train_length, data.seed)
+    data.frames = 13
+    training_dataset(data, comp, data.train_length, data.seed)  # fits
+    # a loss mask the cache was built without
+    plain = tmp_path / "plain"
+    cache_latents.main(["--config", str(SMOKE), "--out", str(plain), "--clips", "2", "--threads", "1"])
+    data.latent_cache = str(plain)
+    with pytest.raises(LatentCacheError, match="garment_cov"):
+        training_dataset(data, comp, data.train_length, data.seed)
+    # DMD needs pixels
+    dmd_cfg = yaml.safe_load((ROOT / "distill/configs/dmd_smoke.yaml").read_text())
+    dmd_cfg.setdefault("data", {})["latent_cache"] = str(out)
+    dmd_path = tmp_path / "dmd.yaml"
+    dmd_path.write_text(yaml.safe_dump(dmd_cfg))
+    with pytest.raises(SystemExit):
+        train_dmd.main(["--config", str(dmd_path), "--smoke", "--out", str(tmp_path / "dmd")])
+    assert "GR-DMD needs the garment pixels" in capsys.readouterr().err
+
+
+def test_broken_caches_fail_with_a_clear_message(cache, tmp_path):
+    _, out, _ = cache
+    with pytest.raises(LatentCacheError, match="not found"):
+        LatentCache(tmp_path / "nowhere")
+    unfinished = tmp_path / "unfinished"
+    w = LatentCacheWriter(unfinished, {}, shard_size=1)
+    w.add({k: torch.zeros(1, 2, 1, 2, 2) for k in ("reference", "garment", "video")}, ["p"])
+    with pytest.raises(LatentCacheError, match="never finished"):
+        LatentCache(unfinished)  # a shard is written, meta.json is not
+    w.close()
+    assert len(LatentCache(unfinished)) == 1
+    with pytest.raises(FileExistsError):
+        LatentCacheWriter(unfinished, {})
+    # a corrupt shard names itself
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in out.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "shard_00001.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LatentCacheError, match="shard_00001.safetensors is corrupt"):
+        LatentCache(broken)
+    (broken / "shard_00001.safetensors").unlink()
+    with pytest.raises(LatentCacheError, match="shard missing"):
+        LatentCache(broken)
+    meta = json.loads((out / META_FILE).read_text())
+    (broken / META_FILE).write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(LatentCacheError, match="version"):
+        LatentCache(broken)
+    with pytest.raises(ValueError, match="clips"):
+        cache_latents.main(["--config", str(SMOKE), "--out", str(tmp_path / "none"), "--clips", "0"])
+
+
+def test_fingerprint_follows_the_weights():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert module_fingerprint(a) == module_fingerprint(b)
+    with torch.no_grad():
+        b.bias[0] += 1e-6
+    assert module_fingerprint(a) != module_fingerprint(b)
