@@ -132,7 +132,7 @@ teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     fi
     ;;
 all_wide)  # one call for the whole wide chain; held-out sampling runs afterwards on the CPU side
-    T_MIN=${2:-3.5}; TF_MIN=${3:-1.5}; DMD_MIN=${4:-1.5}; TEACHER=runs/gpu_teacher_wide/final
+    T_MIN=${2:-3}; TF_MIN=${3:-1.5}; DMD_MIN=${4:-1.5}; TEACHER=runs/gpu_teacher_wide/final
     wide_cache
     python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" $TDATA
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide

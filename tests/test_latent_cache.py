@@ -152,6 +152,8 @@ def test_fingerprint_follows_the_weights():
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     b.load_state_dict(a.state_dict())
     assert module_fingerprint(a) == module_fingerprint(b)
+    assert module_fingerprint(a) == module_fingerprint(b.double())  # the same weights in another precision
+    b.float()
     with torch.no_grad():
         b.bias[0] += 1e-6
     assert module_fingerprint(a) != module_fingerprint(b)

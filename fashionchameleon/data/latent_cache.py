@@ -42,11 +42,13 @@ class LatentCacheError(ValueError):
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes, bytes): which weights wrote a cache."""
+    """sha256 over a module's state dict (names, shapes, values): which weights wrote a cache. Floating tensors are
+    hashed as float32, so the same weights stored in another precision or moved to another device match."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        t = t.detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
+        h.update(f"{name}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
