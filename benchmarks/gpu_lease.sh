@@ -15,7 +15,8 @@
 # DATA_ECHO=N (env, default 1): teacher steps per rendered batch (train.data_echo), for the data-bound teacher.
 # CACHE_CLIPS=N (env, default 40000; 0 = off) and CACHE_MIN (default 1): teacher_wide / all_wide first pre-encode up
 # to N training clips with the data workers (teacher.cache_latents, at most CACHE_MIN minutes), then train from that
-# latent cache with no workers: run 5's teacher spent 2/3 of each step waiting on rendering.
+# latent cache with no workers: run 5's teacher spent 2/3 of each step waiting on rendering. all_wide does the same
+# for teacher forcing's 33-frame clips (TF_CACHE_CLIPS, default 20000; TF_CACHE_MIN, default 0.5).
 # MIXED=no|bf16 (env): --mixed-precision for every stage (default: the configs' auto = bf16 on CUDA; since
 # session 16 that is really applied in one process, where run 5 computed in fp32: MIXED=no reproduces run 5).
 # The machine has PyTorch but no diffusers: wheels in .whl/ (git-ignored; `bash benchmarks/gpu_wheels.sh [PKG ...]`
@@ -70,17 +71,18 @@ pack() {  # $1 archive name, $2 run dir: its final stage folder without the VAE 
     return 0
 }
 
-wide_cache() {  # sets TDATA to the teacher's data flags: a latent cache of tiny_wide_gpu.yaml's clips, else rendering
-    local clips=${CACHE_CLIPS:-40000}
-    TDATA="--workers $WORKERS --data-echo $ECHO"
+latent_cache() {  # $1 config, $2 cache dir, $3 clips, $4 minutes, [$5 init stage]; sets DATA to the stage's data
+                 # flags: the latent cache when it was built, else rendering on the fly
+    local clips=$3
+    DATA="--workers $WORKERS --data-echo $ECHO"
     (( clips > 0 )) || return 0
     [[ ${SMOKE:-0} == 1 ]] && clips=8
-    rm -rf runs/cache_wide
-    if python3 -m teacher.cache_latents --config teacher/configs/tiny_wide_gpu.yaml --out runs/cache_wide \
-            --clips "$clips" --workers "$WORKERS" --batch-size 64 --dtype float16 --max-minutes "${CACHE_MIN:-1}"; then
-        TDATA="--latent-cache runs/cache_wide --workers 0"
+    rm -rf "$2"
+    if python3 -m teacher.cache_latents --config "$1" --out "$2" --clips "$clips" --workers "$WORKERS" \
+            --batch-size 64 --dtype float16 --max-minutes "$4" ${5:+--init "$5"}; then
+        DATA="--latent-cache $2 --workers 0"
     else
-        echo "latent cache failed; the teacher renders its clips on the fly"
+        echo "latent cache $2 failed; the stage renders its clips on the fly"
     fi
 }
 
@@ -121,8 +123,8 @@ teacher)  # optional INIT: a stage folder to continue from (carry it), e.g. runs
     ;;
 teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     MIN=${2:-8}
-    wide_cache
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$MIN" $TDATA
+    latent_cache teacher/configs/tiny_wide_gpu.yaml runs/cache_wide "${CACHE_CLIPS:-40000}" "${CACHE_MIN:-1}"
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$MIN" $DATA
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide; (( rc )) && exit 5
     # held-out scores and sheet on the machine's CPU threads (SCORE=0 skips), so the next session reads them at once
     if [[ ${SCORE:-1} == 1 ]]; then
@@ -133,16 +135,18 @@ teacher_wide)  # from scratch: nothing to carry but .whl (the VAE is in assets/)
     ;;
 all_wide)  # one call for the whole wide chain; held-out sampling runs afterwards on the CPU side
     T_MIN=${2:-3}; TF_MIN=${3:-1.5}; DMD_MIN=${4:-1.5}; TEACHER=runs/gpu_teacher_wide/final
-    wide_cache
-    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" $TDATA
+    latent_cache teacher/configs/tiny_wide_gpu.yaml runs/cache_wide "${CACHE_CLIPS:-40000}" "${CACHE_MIN:-1}"
+    python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" $DATA
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide
     if (( rc )) || [[ ! -f $TEACHER/preset.json ]]; then
         # the lease is scarce: distil the published teacher (run 5's recipe) rather than end the call
         echo "wide teacher failed ($rc); distilling assets/checkpoints/teacher_tiny instead"
         TEACHER=assets/checkpoints/teacher_tiny
     fi
-    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml $MP --max-minutes "$TF_MIN" \
-        --workers "$WORKERS" --init "$TEACHER"
+    latent_cache distill/configs/tf_tiny_gpu.yaml runs/cache_tf "${TF_CACHE_CLIPS:-20000}" "${TF_CACHE_MIN:-0.5}" \
+        "$TEACHER"
+    python3 -m distill.train_tf --config distill/configs/tf_tiny_gpu.yaml $MP --max-minutes "$TF_MIN" $DATA \
+        --init "$TEACHER"
     rc=$?; pack tf.tgz runs/gpu_tf; (( rc )) && { echo "TF failed ($rc)"; exit 6; }
     python3 -m distill.train_dmd --config distill/configs/dmd_tiny_gpu.yaml $MP --max-minutes "$DMD_MIN" \
         --teacher "$TEACHER" || echo "DMD failed"

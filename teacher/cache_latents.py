@@ -96,10 +96,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-minutes", type=float, default=None, help="stop early, keeping the clips written")
     ap.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--init", help="stage folder whose VAE the stage will use (overrides model.init, as the stage's "
+                                   "own --init does)")
+    ap.add_argument("--vae", help="frozen VAE folder (overrides model.vae, as the stage's own --vae does)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model_cfg, data = load_sections(args.config)
+    over = {k: v for k, v in (("init", args.init), ("vae", args.vae)) if v}
+    if over:
+        model_cfg = dataclass_from_dict(ModelConfig, {**vars(model_cfg), **over})
     meta = build_cache(model_cfg, data, args.out, args.clips, split=args.split, batch_size=args.batch_size,
                        workers=args.workers, dtype=args.dtype, shard_size=args.shard_size,
                        max_minutes=args.max_minutes, device=args.device, config=args.config)

@@ -147,6 +147,15 @@ def summarise_scores(scores: list[dict]) -> dict:
     return out
 
 
+def summarise_by_prompt(scores: list[dict]) -> dict[str, dict]:
+    """`summarise_scores` per prompt (each score carries its example's `prompt`): motion is what every teacher so
+    far loses the body on (docs/TRAINING.md), so a sheet's scores are worth reading per motion."""
+    groups: dict[str, list[dict]] = {}
+    for sc in scores:
+        groups.setdefault(sc.get("prompt", ""), []).append(sc)
+    return {p: summarise_scores(g) for p, g in sorted(groups.items())}
+
+
 def render_examples(comp: Components, examples: list[dict], out: str | Path, frames: int, steps: int,
                     guidance: float, seed: int, cols: int = 6, name: str = "teacher", scheduler: str = "unipc",
                     mp4: bool = True, evaluator=None, eta: float = 1.0, stop_sigma: float = 0.0,
@@ -169,7 +178,8 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
             rows.append(contact_row(r, g, to_uint8(ex["video"]), cols, "real"))
         if evaluator is not None and "reference_garment" in ex:
             real = to_uint8(ex["video"]) if "video" in ex else None
-            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator, real=real))
+            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator, real=real)
+                              | {"prompt": ex["prompt"]})
             if "video" in ex:
                 real_scores.append(transfer_scores(real, g, ex["reference_garment"], evaluator))
         if mp4:
@@ -179,7 +189,7 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
     res = {"sheet": str(sheet), "videos": files, "seconds": round(time.perf_counter() - t0, 1)}
     if gen_scores:
         res["scores"] = {"generated": summarise_scores(gen_scores), "real": summarise_scores(real_scores),
-                         "per_example": gen_scores}
+                         "per_example": gen_scores, "by_prompt": summarise_by_prompt(gen_scores)}
     return res
 
 

@@ -47,10 +47,12 @@ def test_all_wide_smoke_call_packs_what_comes_back(tmp_path):
     assert len(files) <= 8 and sum(p.stat().st_size for p in files) <= 64 * MiB
     assert all(p.stat().st_size <= 16 * MiB for p in files)
     assert "left out" not in r.stdout
-    # the teacher trained from a latent cache built in the same call, not from clips rendered per step
+    # the teacher and TF trained from latent caches built in the same call, not from clips rendered per step
     assert "latent cache failed" not in r.stdout
     meta = json.loads((tmp_path / "repo/runs/cache_wide/meta.json").read_text())
     assert meta["clips"] == 8 and meta["dtype"] == "float16" and meta["frames"] == 21
+    meta = json.loads((tmp_path / "repo/runs/cache_tf/meta.json").read_text())  # teacher forcing's own clips
+    assert meta["clips"] == 8 and meta["frames"] == 33
     # here: benchmarks/unpack_lease.py extracts, restores the VAE the archives leave out, builds the DMD stages
     back = tmp_path / "back"
     summary = _unpack(tmp_path, out)

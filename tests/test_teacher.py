@@ -214,7 +214,7 @@ def test_region_weighted_loss_is_a_weighted_mean():
 def test_transfer_scores_tell_garments_apart():
     """The scorer behind `teacher.sample --score`: a real clip wears the garment image, not the reference's."""
     from fashionchameleon.evaluate import Evaluator
-    from teacher.sample import heldout_examples, summarise_scores, to_uint8, transfer_scores
+    from teacher.sample import heldout_examples, summarise_by_prompt, summarise_scores, to_uint8, transfer_scores
 
     comp = build_components(ModelConfig(preset="tiny"))
     ev = Evaluator()
@@ -223,7 +223,7 @@ def test_transfer_scores_tell_garments_apart():
         video, gar, old = to_uint8(ex["video"]), to_uint8(ex["garment"]), ex["reference_garment"]
         s = transfer_scores(video, gar, old, ev)
         assert s["frames"] > 0
-        scores.append(s)
+        scores.append(s | {"prompt": ex["prompt"]})
         # the same clip scored against swapped garments flips the preference
         assert transfer_scores(video, old, gar, ev)["transfer"] < s["transfer"]
         # body score: the real clip against itself keeps the body; background-only frames lose it
@@ -232,6 +232,9 @@ def test_transfer_scores_tell_garments_apart():
         assert transfer_scores(empty, gar, old, ev, real=video)["silhouette"] < 0.1
     summary = summarise_scores(scores)
     assert summary["transfer"] > 0.9 and summary["fidelity"] > summary["fidelity_old"]
+    by_prompt = summarise_by_prompt(scores)
+    assert sum(v["examples"] for v in by_prompt.values()) == len(scores)
+    assert set(by_prompt) == {s["prompt"] for s in scores}
 
 
 def test_model_stream_override_reaches_the_stage_folder(tmp_path, teacher_run):
