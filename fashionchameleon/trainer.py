@@ -199,8 +199,10 @@ def dataclass_from_dict(cls: type, data: Mapping[str, Any] | None, where: str = 
         raise ValueError(f"{where}: {e}") from e
 
 
-def load_yaml_config(path: str | os.PathLike, sections: Mapping[str, type]) -> dict[str, Any]:
-    """Load a YAML file whose top-level keys are `sections` (name -> dataclass); missing sections use defaults."""
+def load_yaml_config(path: str | os.PathLike, sections: Mapping[str, type],
+                     other_sections: bool = False) -> dict[str, Any]:
+    """Load a YAML file whose top-level keys are `sections` (name -> dataclass); missing sections use defaults.
+    `other_sections`: ignore the file's other sections (a tool reading only part of a stage's config)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
@@ -208,7 +210,7 @@ def load_yaml_config(path: str | os.PathLike, sections: Mapping[str, type]) -> d
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: top level must be a mapping of sections {sorted(sections)}")
     unknown = sorted(set(raw) - set(sections))
-    if unknown:
+    if unknown and not other_sections:
         raise ValueError(f"{p}: unknown section(s) {unknown}; valid sections: {sorted(sections)}")
     out: dict[str, Any] = {}
     for name, cls in sections.items():

@@ -21,25 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from fashionchameleon.data.latent_cache import LatentCacheWriter, module_fingerprint
-from fashionchameleon.trainer import dataclass_from_dict
+from fashionchameleon.trainer import dataclass_from_dict, load_yaml_config
 from teacher.common import (COVERAGE_OF_MASK, DataConfig, ModelConfig, Triplets, build_components, build_dataset,
                             encode_batch, latent_coverage)
 
 
 def load_sections(path: str) -> tuple[ModelConfig, DataConfig]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file not found: {p}")
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{p}: top level must be a mapping of sections")
-    model = dataclass_from_dict(ModelConfig, raw.get("model"), f"{p.name}:model")
-    data = dataclass_from_dict(DataConfig, raw.get("data"), f"{p.name}:data")
-    return model, data
+    """The `model` and `data` sections of any teacher or teacher-forcing config."""
+    cfg = load_yaml_config(path, {"model": ModelConfig, "data": DataConfig}, other_sections=True)
+    return cfg["model"], cfg["data"]
 
 
 def build_cache(model_cfg: ModelConfig, data: DataConfig, out: str | Path, clips: int, *, split: str = "train",
