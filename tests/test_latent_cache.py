@@ -116,6 +116,30 @@ def test_a_cache_that_does_not_fit_the_stage_is_refused(cache, tmp_path, capsys)
     assert "GR-DMD needs the garment pixels" in capsys.readouterr().err
 
 
+def test_lazy_reads_equal_the_in_memory_cache(cache):
+    """A cache too big for memory is read clip by clip from the shards, item for item the same, also in
+    data-loader worker processes (each opens its own handles)."""
+    _, out, _ = cache
+    eager, lazy = LatentCache(out), LatentCache(out, max_memory_mb=0)
+    assert eager.in_memory and not lazy.in_memory and not lazy.tensors
+    assert lazy.keys == eager.keys and len(lazy) == len(eager) == CLIPS
+    for i in list(range(CLIPS)) + [-1]:  # across the 2 + 2 + 1 shard boundaries
+        a, b = eager[i], lazy[i]
+        assert a.keys() == b.keys() and a["prompt"] == b["prompt"]
+        for k in a:
+            if k != "prompt":
+                assert a[k].dtype == b[k].dtype
+                torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    with pytest.raises(IndexError, match="out of range"):
+        lazy[CLIPS]
+    collate = torch.utils.data.default_collate
+    loader = torch.utils.data.DataLoader(lazy, batch_size=2, num_workers=2)
+    batches = list(loader)
+    whole = collate([eager[i] for i in range(CLIPS)])
+    torch.testing.assert_close(torch.cat([b["video_latent"] for b in batches]), whole["video_latent"])
+    assert sum((b["prompt"] for b in batches), []) == whole["prompt"]
+
+
 def test_broken_caches_fail_with_a_clear_message(cache, tmp_path):
     _, out, _ = cache
     with pytest.raises(LatentCacheError, match="not found"):
@@ -137,6 +161,11 @@ def test_broken_caches_fail_with_a_clear_message(cache, tmp_path):
     (broken / "shard_00001.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(LatentCacheError, match="shard_00001.safetensors is corrupt"):
         LatentCache(broken)
+    good = (out / "shard_00001.safetensors").read_bytes()
+    (broken / "shard_00001.safetensors").write_bytes(good[:-64])  # header intact, the data cut short
+    for mode in (True, False):
+        with pytest.raises(LatentCacheError, match="shard_00001.safetensors is corrupt"):
+            LatentCache(broken, in_memory=mode)
     (broken / "shard_00001.safetensors").unlink()
     with pytest.raises(LatentCacheError, match="shard missing"):
         LatentCache(broken)

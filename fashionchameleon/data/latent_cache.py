@@ -17,6 +17,7 @@ differ from the stage that reads it (latents of another VAE are another latent s
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 FORMAT = "fashionchameleon-latent-cache"
 VERSION = 1
@@ -136,44 +137,96 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
 
 
 class LatentCache(torch.utils.data.Dataset):
-    """The cached clips as a map-style dataset; all shards are held in memory (a 21-frame tiny clip is ~0.2 MB in
-    float32). Items carry the latents under their pixel names' `*_latent` keys, which `encode_batch` uses as is."""
+    """The cached clips as a map-style dataset. Items carry the latents under their pixel names' `*_latent` keys,
+    which `encode_batch` uses as is.
 
-    def __init__(self, root: str | os.PathLike):
+    A cache up to `max_memory_mb` is read into memory (a 21-frame tiny clip is ~0.2 MB in float32). A larger one is
+    read one clip at a time from the memory-mapped shards, because real-size caches do not fit: an 81-frame
+    1280x704 clip of the Wan2.2 VAE is ~7 MB in float16. `in_memory` forces either way.
+    """
+
+    def __init__(self, root: str | os.PathLike, in_memory: bool | None = None, max_memory_mb: float = 4096.0):
         self.root = Path(root)
         self.meta = read_meta(self.root)
         try:
             self.prompts = json.loads((self.root / PROMPTS_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise LatentCacheError(f"{self.root / PROMPTS_FILE} is missing or unreadable: {e}") from e
-        parts: dict[str, list[torch.Tensor]] = {}
-        for shard in self.meta["shards"]:
-            path = self.root / shard["file"]
+        self.paths = [self.root / shard["file"] for shard in self.meta["shards"]]
+        for path in self.paths:
             if not path.is_file():
                 raise LatentCacheError(f"latent cache shard missing: {path}")
-            try:
-                tensors = load_file(str(path))
-            except (SafetensorError, OSError, ValueError) as e:
-                raise LatentCacheError(f"latent cache shard {path} is corrupt: {e}") from e
-            if set(tensors) != set(self.meta["keys"]):
-                raise LatentCacheError(f"{path} holds {sorted(tensors)}, meta.json lists {self.meta['keys']}")
-            if any(t.shape[0] != shard["clips"] for t in tensors.values()):
-                raise LatentCacheError(f"{path} does not hold the {shard['clips']} clips meta.json lists")
-            for k, t in tensors.items():
-                parts.setdefault(k, []).append(t)
-        self.tensors = {k: torch.cat(v) for k, v in parts.items()}
+        if in_memory is None:
+            in_memory = sum(p.stat().st_size for p in self.paths) <= max_memory_mb * 2**20
+        self.in_memory = in_memory
+        self.keys = tuple(self.meta["keys"])
         n = self.meta["clips"]
-        if len(self.prompts) != n or any(t.shape[0] != n for t in self.tensors.values()):
+        if self.in_memory:
+            parts: dict[str, list[torch.Tensor]] = {}
+            for shard, path in zip(self.meta["shards"], self.paths):
+                tensors = self._open(path, lambda f: {k: f.get_tensor(k) for k in f.keys()})
+                self._check_shard(path, shard["clips"], {k: t.shape[0] for k, t in tensors.items()})
+                for k, t in tensors.items():
+                    parts.setdefault(k, []).append(t)
+            self.tensors = {k: torch.cat(v) for k, v in parts.items()}
+            counts = [t.shape[0] for t in self.tensors.values()]
+        else:
+            self.tensors = {}
+            for shard, path in zip(self.meta["shards"], self.paths):
+                lengths = self._open(path, lambda f: {k: f.get_slice(k).get_shape()[0] for k in f.keys()})
+                self._check_shard(path, shard["clips"], lengths)
+            counts = [sum(s["clips"] for s in self.meta["shards"])]
+        if len(self.prompts) != n or any(c != n for c in counts):
             raise LatentCacheError(f"{self.root}: shards and prompts do not add up to the {n} clips meta.json lists")
+        # item i -> (shard, row) for the lazy path
+        self._starts = torch.tensor([0] + [s["clips"] for s in self.meta["shards"]]).cumsum(0).tolist()
+        self._handles: dict[int, Any] = {}
+        self._handles_pid: int | None = None
+
+    @staticmethod
+    def _open(path: Path, read):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return read(f)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise LatentCacheError(f"latent cache shard {path} is corrupt: {e}") from e
+
+    def _check_shard(self, path: Path, clips: int, lengths: dict[str, int]) -> None:
+        if set(lengths) != set(self.keys):
+            raise LatentCacheError(f"{path} holds {sorted(lengths)}, meta.json lists {list(self.keys)}")
+        if any(n != clips for n in lengths.values()):
+            raise LatentCacheError(f"{path} does not hold the {clips} clips meta.json lists")
+
+    def _handle(self, shard: int):
+        # one handle per shard and process: data-loader workers must not share the parent's
+        if self._handles_pid != os.getpid():
+            self._handles, self._handles_pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.paths[shard]), framework="pt")
+        return self._handles[shard]
+
+    def _row(self, key: str, i: int) -> torch.Tensor:
+        if self.in_memory:
+            return self.tensors[key][i]
+        shard = bisect.bisect_right(self._starts, i) - 1
+        j = i - self._starts[shard]
+        return self._handle(shard).get_slice(key)[j:j + 1][0]
 
     def __len__(self) -> int:
         return self.meta["clips"]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {f"{k}_latent": self.tensors[k][i] for k in LATENT_KEYS}
-        item.update({k: self.tensors[k][i] for k in COVERAGE_KEYS if k in self.tensors})
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"clip {i} is out of range for a cache of {len(self)} clips")
+        i %= len(self)
+        item: dict[str, Any] = {f"{k}_latent": self._row(k, i) for k in LATENT_KEYS}
+        item.update({k: self._row(k, i) for k in COVERAGE_KEYS if k in self.keys})
         item["prompt"] = self.prompts[i]
         return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        # open safetensors handles do not pickle (spawned data-loader workers); each process reopens its own
+        return {**self.__dict__, "_handles": {}, "_handles_pid": None}
 
     def check(self, *, vae_fingerprint: str, frames: int, height: int, width: int,
               coverage: tuple[str, ...] = ()) -> None:
@@ -188,7 +241,7 @@ class LatentCache(torch.utils.data.Dataset):
         if (m.get("height"), m.get("width")) != (height, width):
             problems.append(f"its clips are {m.get('height')}x{m.get('width')}, the stage trains at {height}x{width}")
         for k in coverage:
-            if k not in self.tensors:
+            if k not in self.keys:
                 problems.append(f"it has no {k} (built without those masks), but the loss weights them")
         if problems:
             raise LatentCacheError(f"latent cache {self.root} does not fit this stage: " + "; ".join(problems)
