@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fashionchameleon.data.latent_cache import LatentCacheWriter, module_fingerprint
 from fashionchameleon.trainer import dataclass_from_dict, load_yaml_config
-from teacher.common import (COVERAGE_OF_MASK, DataConfig, ModelConfig, Triplets, build_components, build_dataset,
+from teacher.common import (COVERAGE_OF_MASK, DataConfig, ModelConfig, Triplets, build_dataset, build_stage_vae,
                             encode_batch, latent_coverage)
 
 
@@ -42,18 +42,16 @@ def build_cache(model_cfg: ModelConfig, data: DataConfig, out: str | Path, clips
         raise ValueError(f"--clips must be >= 1, got {clips}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    comp = build_components(model_cfg)
-    vae = comp.vae.float().eval()
+    preset, vae = build_stage_vae(model_cfg)  # the stage's VAE, without loading its transformer
     fingerprint = module_fingerprint(vae)  # of the fp32 weights, as `training_dataset` computes it
-    comp.transformer = None  # only the VAE is needed from here on
     vae.to(dev)
-    ds = Triplets(build_dataset(data, comp.preset, split, clips, data.seed))
+    ds = Triplets(build_dataset(data, preset, split, clips, data.seed))
     n = min(clips, len(ds))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=batch_size,
                                          shuffle=False, num_workers=workers)
     meta = {"vae": str(model_cfg.vae or model_cfg.init or model_cfg.pretrained or "preset (random)"),
-            "vae_fingerprint": fingerprint, "frames": data.frames, "height": comp.preset.height,
-            "width": comp.preset.width, "preset": comp.preset.name, "source": data.source, "root": data.root,
+            "vae_fingerprint": fingerprint, "frames": data.frames, "height": preset.height,
+            "width": preset.width, "preset": preset.name, "source": data.source, "root": data.root,
             "split": split, "seed": data.seed, "config": config,
             "coverage_weights": {"garment": data.garment_loss_weight, "body": data.body_loss_weight}}
     writer = LatentCacheWriter(out, meta, shard_size=shard_size, dtype=dtype)
@@ -65,7 +63,7 @@ def build_cache(model_cfg: ModelConfig, data: DataConfig, out: str | Path, clips
             tensors = {"reference": ref, "garment": gar, "video": vid}
             for mask_key, cov_key in COVERAGE_OF_MASK.items():
                 if mask_key in batch:
-                    tensors[cov_key] = latent_coverage(batch[mask_key], vid.shape, comp.preset.temporal_factor)
+                    tensors[cov_key] = latent_coverage(batch[mask_key], vid.shape, preset.temporal_factor)
             writer.add(tensors, list(batch["prompt"]))
             done += vid.shape[0]
             if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:

@@ -263,12 +263,7 @@ def build_components(cfg: ModelConfig) -> Components:
         comp = Components(preset, transformer, vae, text)
     if cfg.stream:
         comp.preset.stream = StreamConfig.from_dict({**asdict(comp.preset.stream), **cfg.stream})
-    if cfg.height or cfg.width:
-        from fashionchameleon.configs import check_resolution
-
-        comp.preset.height = cfg.height or comp.preset.height
-        comp.preset.width = cfg.width or comp.preset.width
-        check_resolution(comp.preset)
+    apply_size(comp.preset, cfg)
     comp.vae.eval().requires_grad_(False)
     trainable_text = cfg.train_text_encoder and isinstance(comp.text_encoder, LearnedTextEncoder)
     comp.text_encoder.requires_grad_(trainable_text)
@@ -276,6 +271,51 @@ def build_components(cfg: ModelConfig) -> Components:
     if cfg.gradient_checkpointing:
         comp.transformer.enable_gradient_checkpointing()
     return comp
+
+
+def apply_size(preset: Preset, cfg: ModelConfig) -> Preset:
+    """`model.height` / `model.width` override the preset's training size."""
+    if cfg.height or cfg.width:
+        from fashionchameleon.configs import check_resolution
+
+        preset.height = cfg.height or preset.height
+        preset.width = cfg.width or preset.width
+        check_resolution(preset)
+    return preset
+
+
+def wan_vae_preset(vae) -> dict:
+    """The preset's `vae` section that describes a loaded diffusers Wan VAE."""
+    return {"backend": "wan", **{k: v for k, v in vae.config.items() if not k.startswith("_")},
+            "scale_factor_spatial": vae.spatial_factor, "scale_factor_temporal": vae.temporal_factor}
+
+
+def build_stage_vae(cfg: ModelConfig) -> tuple[Preset, torch.nn.Module]:
+    """The frozen VAE and the preset (size, VAE factors) that `build_components(cfg)` would give, without building
+    the transformer: all a latent cache needs. Loading a 5B transformer only to drop it costs minutes and tens of
+    GB. Only a random (untrained) VAE still takes the full build, because its weights depend on the draws before it."""
+    if cfg.init:
+        root = _require_dir(cfg.init, "stage checkpoint")
+        pfile = root / PRESET_FILE
+        if not pfile.is_file():
+            raise FileNotFoundError(f"{root} is not a stage checkpoint (missing {PRESET_FILE})")
+        preset = Preset.from_dict(json.loads(pfile.read_text()))
+        vae = load_vae(_require_dir(cfg.vae, "VAE (model.vae)") if cfg.vae else root / "vae")
+    elif cfg.pretrained:
+        from fashionchameleon.vae import WanVAE
+
+        root = _require_dir(cfg.pretrained, "pretrained Wan (model.pretrained)")
+        preset = get_preset(cfg.preset)
+        vae = WanVAE.from_pretrained(_require_dir(root / "vae", "vae"))
+        preset.vae = wan_vae_preset(vae)
+    elif cfg.vae:
+        preset = get_preset(cfg.preset)
+        vae = load_vae(_require_dir(cfg.vae, "VAE (model.vae)"))
+    else:
+        comp = build_components(cfg)
+        return comp.preset, comp.vae
+    vae = vae.float().eval().requires_grad_(False)
+    return apply_size(preset, cfg), vae
 
 
 def sync_preset_to_pretrained(preset: Preset, transformer, vae, text, root: Path) -> Preset:
@@ -289,8 +329,7 @@ def sync_preset_to_pretrained(preset: Preset, transformer, vae, text, root: Path
     if tcfg["text_dim"] != text_dim:
         raise ValueError(f"{root}: transformer text_dim={tcfg['text_dim']} but the text encoder's d_model={text_dim}")
     preset.transformer = tcfg
-    preset.vae = {"backend": "wan", **{k: v for k, v in vae.config.items() if not k.startswith("_")},
-                  "scale_factor_spatial": vae.spatial_factor, "scale_factor_temporal": vae.temporal_factor}
+    preset.vae = wan_vae_preset(vae)
     preset.text = {**preset.text, "kind": "umt5", "dim": text_dim, "path": str(root)}
     return preset
 

@@ -11,8 +11,8 @@ from distill import train_dmd, train_tf
 from fashionchameleon.data.latent_cache import (LatentCache, LatentCacheError, LatentCacheWriter, META_FILE,
                                                 module_fingerprint)
 from teacher import cache_latents, train_teacher
-from teacher.common import (Triplets, build_components, build_dataset, encode_batch, region_loss_weight,
-                            training_dataset)
+from teacher.common import (ModelConfig, Triplets, build_components, build_dataset, build_stage_vae, encode_batch,
+                            region_loss_weight, training_dataset)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "teacher/configs/smoke.yaml"
@@ -186,3 +186,21 @@ def test_fingerprint_follows_the_weights():
     with torch.no_grad():
         b.bias[0] += 1e-6
     assert module_fingerprint(a) != module_fingerprint(b)
+
+
+@pytest.mark.parametrize("kind", ["init", "init+vae", "vae", "random"])
+def test_stage_vae_is_the_stages_vae_without_the_transformer(kind):
+    """What the cache encodes with == what the stage will fingerprint and train at (VAE weights, size, factors)."""
+    ckpt = ROOT / "assets/checkpoints"
+    cfg = {"init": ModelConfig(preset="tiny", init=str(ckpt / "teacher_tiny")),
+           "init+vae": ModelConfig(preset="tiny", init=str(ckpt / "teacher_tiny"), vae=str(ckpt / "vae_tiny_dec")),
+           "vae": ModelConfig(preset="tiny", vae=str(ckpt / "vae_tiny"), height=128, width=96),
+           "random": ModelConfig(preset="test")}[kind]
+    preset, vae = build_stage_vae(cfg)
+    comp = build_components(cfg)
+    assert module_fingerprint(vae) == module_fingerprint(comp.vae)
+    assert (preset.height, preset.width, preset.temporal_factor, preset.vae) == (
+        comp.preset.height, comp.preset.width, comp.preset.temporal_factor, comp.preset.vae)
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+    with pytest.raises(FileNotFoundError, match="not a stage checkpoint"):
+        build_stage_vae(ModelConfig(preset="tiny", init=str(ckpt)))

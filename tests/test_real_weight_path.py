@@ -61,6 +61,19 @@ def test_pretrained_build_loads_every_weight_and_describes_the_directory(chain):
     assert emb[0, 3:].abs().sum() == 0 and emb[1, 1:].abs().sum() == 0
 
 
+def test_stage_vae_loads_only_the_vae_of_a_pretrained_directory(chain):
+    """`teacher.cache_latents` encodes with the pretrained VAE and size the stage will use, without its transformer."""
+    from fashionchameleon.data.latent_cache import module_fingerprint
+    from teacher.common import ModelConfig, build_components, build_stage_vae
+
+    _, mini, _ = chain
+    cfg = ModelConfig(preset="wan2.2-5b", pretrained=str(mini), height=SIZE, width=SIZE)
+    preset, vae = build_stage_vae(cfg)
+    comp = build_components(cfg)
+    assert module_fingerprint(vae) == module_fingerprint(comp.vae)
+    assert (preset.height, preset.width, preset.vae) == (comp.preset.height, comp.preset.width, comp.preset.vae)
+
+
 def test_stages_train_and_write_loadable_folders(chain):
     from teacher.common import load_stage
 
