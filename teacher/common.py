@@ -155,13 +155,18 @@ def _require_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def load_stage(path: str | os.PathLike) -> Components:
-    """Load a stage folder written by `save_stage` / `StreamingEngine.save` (weights stay trainable)."""
+def read_stage_preset(path: str | os.PathLike) -> tuple[Path, Preset]:
+    """A stage folder and its preset.json, or a clear error when `path` is not one."""
     p = _require_dir(path, "stage checkpoint")
     pfile = p / PRESET_FILE
     if not pfile.is_file():
         raise FileNotFoundError(f"{p} is not a stage checkpoint (missing {PRESET_FILE})")
-    preset = Preset.from_dict(json.loads(pfile.read_text()))
+    return p, Preset.from_dict(json.loads(pfile.read_text()))
+
+
+def load_stage(path: str | os.PathLike) -> Components:
+    """Load a stage folder written by `save_stage` / `StreamingEngine.save` (weights stay trainable)."""
+    p, preset = read_stage_preset(path)
     transformer = CausalWanTransformer3DModel.from_pretrained(p / "transformer", use_safetensors=True)
     transformer = transformer.float()  # exports may be fp16 to save space; training runs in fp32 masters
     vae = load_vae(p / "vae").float()
@@ -295,11 +300,7 @@ def build_stage_vae(cfg: ModelConfig) -> tuple[Preset, torch.nn.Module]:
     the transformer: all a latent cache needs. Loading a 5B transformer only to drop it costs minutes and tens of
     GB. Only a random (untrained) VAE still takes the full build, because its weights depend on the draws before it."""
     if cfg.init:
-        root = _require_dir(cfg.init, "stage checkpoint")
-        pfile = root / PRESET_FILE
-        if not pfile.is_file():
-            raise FileNotFoundError(f"{root} is not a stage checkpoint (missing {PRESET_FILE})")
-        preset = Preset.from_dict(json.loads(pfile.read_text()))
+        root, preset = read_stage_preset(cfg.init)
         vae = load_vae(_require_dir(cfg.vae, "VAE (model.vae)") if cfg.vae else root / "vae")
     elif cfg.pretrained:
         from fashionchameleon.vae import WanVAE
