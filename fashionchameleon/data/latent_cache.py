@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -169,17 +170,16 @@ class LatentCache(torch.utils.data.Dataset):
                 for k, t in tensors.items():
                     parts.setdefault(k, []).append(t)
             self.tensors = {k: torch.cat(v) for k, v in parts.items()}
-            counts = [t.shape[0] for t in self.tensors.values()]
         else:
             self.tensors = {}
             for shard, path in zip(self.meta["shards"], self.paths):
                 lengths = self._open(path, lambda f: {k: f.get_slice(k).get_shape()[0] for k in f.keys()})
                 self._check_shard(path, shard["clips"], lengths)
-            counts = [sum(s["clips"] for s in self.meta["shards"])]
-        if len(self.prompts) != n or any(c != n for c in counts):
+        # every shard holds the clips meta.json lists for it (checked above), so the shards' sum is the cache's size
+        if len(self.prompts) != n or sum(s["clips"] for s in self.meta["shards"]) != n:
             raise LatentCacheError(f"{self.root}: shards and prompts do not add up to the {n} clips meta.json lists")
         # item i -> (shard, row) for the lazy path
-        self._starts = torch.tensor([0] + [s["clips"] for s in self.meta["shards"]]).cumsum(0).tolist()
+        self._starts = list(itertools.accumulate((s["clips"] for s in self.meta["shards"]), initial=0))
         self._handles: dict[int, Any] = {}
         self._handles_pid: int | None = None
 
