@@ -98,7 +98,8 @@ class DataConfig:
     body_loss_weight: float = 0.0
     # Training clips pre-encoded by the frozen VAE (`python -m teacher.cache_latents`), read instead of rendering
     # and encoding `source` at every step (teacher and teacher forcing). Held-out samples still come from `source`.
-    latent_cache: str | None = None
+    # A list reads several caches as one (e.g. caches built in different sessions from different data seeds).
+    latent_cache: str | list[str] | None = None
 
     def __post_init__(self):
         if self.source not in ("world", "folder"):
@@ -353,18 +354,28 @@ def build_dataset(data: DataConfig, preset: Preset, split: str, length: int, see
 
 
 def training_dataset(data: DataConfig, comp: "Components", length: int, seed: int):
-    """The stage's training clips: the latent cache `data.latent_cache` (checked against the stage's VAE, clip
-    length, size and loss masks), else `source` rendered or read per step."""
+    """The stage's training clips: the latent cache(s) `data.latent_cache` (each checked against the stage's VAE,
+    clip length, size and loss masks), else `source` rendered or read per step."""
     if not data.latent_cache:
         return Triplets(build_dataset(data, comp.preset, "train", length, seed))
-    from fashionchameleon.data.latent_cache import LatentCache, module_fingerprint
+    from fashionchameleon.data.latent_cache import LatentCache, LatentCacheError, module_fingerprint
 
-    cache = LatentCache(data.latent_cache)
+    roots = [data.latent_cache] if isinstance(data.latent_cache, str) else list(data.latent_cache)
     needed = tuple(COVERAGE_OF_MASK[k] for k, w in (("garment_mask", data.garment_loss_weight),
                                                    ("body_mask", data.body_loss_weight)) if w > 0)
-    cache.check(vae_fingerprint=module_fingerprint(comp.vae), frames=data.frames, height=comp.preset.height,
-                width=comp.preset.width, coverage=needed)
-    return cache
+    fingerprint = module_fingerprint(comp.vae)
+    caches = []
+    for root in roots:
+        cache = LatentCache(root)
+        cache.check(vae_fingerprint=fingerprint, frames=data.frames, height=comp.preset.height,
+                    width=comp.preset.width, coverage=needed)
+        caches.append(cache)
+    if len(caches) == 1:
+        return caches[0]
+    if len({c.keys for c in caches}) > 1:  # a batch mixing them would not collate
+        raise LatentCacheError("latent caches hold different tensors: " + "; ".join(
+            f"{c.root}: {list(c.keys)}" for c in caches) + ". Build them with the same loss masks.")
+    return torch.utils.data.ConcatDataset(caches)
 
 
 MASK_KEYS = ("garment_mask", "body_mask")
@@ -750,8 +761,9 @@ def stage_parser(description: str, init_help: str | None = "stage folder to star
     ap.add_argument("--lr", type=float, help="overrides train.lr")
     ap.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
                     help="overrides train.mixed_precision (auto: bf16 on CUDA, none on CPU)")
-    ap.add_argument("--latent-cache", help="pre-encoded training clips (overrides data.latent_cache; build them "
-                                           "with `python -m teacher.cache_latents`)")
+    ap.add_argument("--latent-cache", nargs="+", help="pre-encoded training clips, one or more caches read as one "
+                                                      "(overrides data.latent_cache; build them with "
+                                                      "`python -m teacher.cache_latents`)")
     return ap
 
 
@@ -763,7 +775,9 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
     if args.smoke:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
     if getattr(args, "latent_cache", None):
-        data = dataclass_from_dict(DataConfig, {**vars(data), "latent_cache": args.latent_cache})
+        caches = args.latent_cache if isinstance(args.latent_cache, str) else list(args.latent_cache)
+        data = dataclass_from_dict(DataConfig, {**vars(data), "latent_cache": caches[0] if len(caches) == 1
+                                                else caches})
     train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads,
                                     getattr(args, "max_minutes", None), getattr(args, "batch_size", None),
                                     getattr(args, "workers", None), getattr(args, "data_echo", None),

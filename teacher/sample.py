@@ -66,6 +66,15 @@ def teacher_generate(comp: Components, reference: torch.Tensor, garment: torch.T
     return vae.decode(z.to(dt)).float()
 
 
+@torch.no_grad()
+def vae_roundtrip(comp: Components, video: torch.Tensor) -> torch.Tensor:
+    """The real clip `[3,T,H,W]` encoded and decoded by the stage's VAE: the best any sample in its latent space
+    can score."""
+    vae = comp.vae.eval()
+    p = next(vae.parameters())
+    return vae.decode(vae.encode_video(video[None].to(p.device, p.dtype)))[0].float().cpu()
+
+
 # ------------------------------------------------------------------------------------------------ output helpers
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[3,T,H,W] or [3,H,W] in [-1,1] -> uint8 [T,H,W,3] / [H,W,3]."""
@@ -163,10 +172,10 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
     """Sample every example, write `<name>_<i>.mp4` and `<name>_sheet.png` under `out`.
 
     With an `evaluator` and examples that carry `reference_garment`, also score garment transfer of the generated
-    and (as the ceiling) the real clips."""
+    clips, of the real clips and of their VAE round trips (the ceilings in pixels and in the latent space)."""
     out = Path(out)
     rows, files = [], []
-    gen_scores, real_scores = [], []
+    gen_scores, real_scores, vae_scores = [], [], []
     t0 = time.perf_counter()
     for i, ex in enumerate(examples):
         ref, gar = ex["reference"][None], ex["garment"][None]
@@ -182,6 +191,9 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
                               | {"prompt": ex["prompt"]})
             if "video" in ex:
                 real_scores.append(transfer_scores(real, g, ex["reference_garment"], evaluator))
+                rt = to_uint8(vae_roundtrip(comp, ex["video"]))
+                vae_scores.append(transfer_scores(rt, g, ex["reference_garment"], evaluator, real=real)
+                                  | {"prompt": ex["prompt"]})
         if mp4:
             side = np.concatenate([np.broadcast_to(r, v.shape), np.broadcast_to(g, v.shape), v], axis=2)
             files.append(str(write_mp4(out / f"{name}_{i}.mp4", side, comp.preset.stream.fps)))
@@ -190,6 +202,9 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
     if gen_scores:
         res["scores"] = {"generated": summarise_scores(gen_scores), "real": summarise_scores(real_scores),
                          "per_example": gen_scores, "by_prompt": summarise_by_prompt(gen_scores)}
+        if vae_scores:
+            res["scores"].update(vae_roundtrip=summarise_scores(vae_scores),
+                                 vae_roundtrip_by_prompt=summarise_by_prompt(vae_scores))
     return res
 
 
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.json).write_text(json.dumps(res, indent=1))
     brief = {k: v for k, v in res.items() if k != "scores"}
     if "scores" in res:
-        brief["scores"] = {k: res["scores"][k] for k in ("generated", "real")}
+        brief["scores"] = {k: res["scores"][k] for k in ("generated", "real", "vae_roundtrip") if k in res["scores"]}
     print(json.dumps(brief))
     return res
 

@@ -116,6 +116,46 @@ def test_a_cache_that_does_not_fit_the_stage_is_refused(cache, tmp_path, capsys)
     assert "GR-DMD needs the garment pixels" in capsys.readouterr().err
 
 
+def test_several_caches_read_as_one(cache, tmp_path):
+    """Caches built apart (another data seed, another session) train as one dataset, item for item the caches in
+    order; caches with different tensors are refused before a batch fails to collate."""
+    config, out, _ = cache
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["seed"] = cfg["data"].get("seed", 0) + 1
+    other_cfg = tmp_path / "other_seed.yaml"
+    other_cfg.write_text(yaml.safe_dump(cfg))
+    other = tmp_path / "other"
+    cache_latents.main(["--config", str(other_cfg), "--out", str(other), "--clips", "2", "--threads", "1"])
+    model_cfg, data = cache_latents.load_sections(str(config))
+    comp = build_components(model_cfg)
+    data.latent_cache = [str(out), str(other)]
+    both = training_dataset(data, comp, data.train_length, data.seed)
+    a, b = LatentCache(out), LatentCache(other)
+    assert len(both) == len(a) + len(b) == CLIPS + 2
+    assert a[0]["prompt"] != b[0]["prompt"] or not torch.equal(a[0]["video_latent"], b[0]["video_latent"])
+    for i, ref in enumerate([a[j] for j in range(len(a))] + [b[j] for j in range(len(b))]):
+        torch.testing.assert_close(both[i]["video_latent"], ref["video_latent"], atol=0, rtol=0)
+        assert both[i]["prompt"] == ref["prompt"]
+    res = train_teacher.main(["--config", str(config), "--smoke", "--out", str(tmp_path / "t"),
+                              "--latent-cache", str(out), str(other)])
+    assert res["step"] == 4 and torch.isfinite(torch.tensor(res["loss"]))
+    # a cache with only the garment's coverage beside one with the body's too: each fits a garment-only loss,
+    # together they would not collate
+    cfg["data"]["body_loss_weight"] = 0.0
+    garment_only_cfg = tmp_path / "garment_only.yaml"
+    garment_only_cfg.write_text(yaml.safe_dump(cfg))
+    garment_only = tmp_path / "garment_only"
+    cache_latents.main(["--config", str(garment_only_cfg), "--out", str(garment_only), "--clips", "2",
+                        "--threads", "1"])
+    data.body_loss_weight = 0.0
+    data.latent_cache = [str(out), str(garment_only)]
+    with pytest.raises(LatentCacheError, match="different tensors"):
+        training_dataset(data, comp, data.train_length, data.seed)
+    data.latent_cache = [str(out), str(tmp_path / "nowhere")]
+    with pytest.raises(LatentCacheError, match="not found"):
+        training_dataset(data, comp, data.train_length, data.seed)
+
+
 def test_lazy_reads_equal_the_in_memory_cache(cache):
     """A cache too big for memory is read clip by clip from the shards, item for item the same, also in
     data-loader worker processes (each opens its own handles)."""

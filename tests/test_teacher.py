@@ -237,6 +237,24 @@ def test_transfer_scores_tell_garments_apart():
     assert set(by_prompt) == {s["prompt"] for s in scores}
 
 
+def test_scores_carry_the_vae_ceiling(tmp_path):
+    """`--score` also scores the real clips' VAE round trip, the ceiling of any sample in that latent space: with the
+    shipped VAE it keeps the body (silhouette near, not at, 1) and the garment, where a 1-step sample does not."""
+    from fashionchameleon.evaluate import Evaluator
+    from teacher.sample import heldout_examples, vae_roundtrip
+
+    comp = load_stage(ROOT / "assets/checkpoints/teacher_tiny")
+    exs = heldout_examples(comp, "test", 2, 9, 0)
+    rt = vae_roundtrip(comp, exs[0]["video"])
+    assert rt.shape == exs[0]["video"].shape and rt.dtype == torch.float32
+    res = render_examples(comp, exs, tmp_path, frames=9, steps=1, guidance=1.0, seed=0, mp4=False,
+                          evaluator=Evaluator())
+    ceiling, gen = res["scores"]["vae_roundtrip"], res["scores"]["generated"]
+    assert ceiling["examples"] == 2 and 0.75 < ceiling["silhouette"] < 1.0
+    assert ceiling["silhouette"] > gen["silhouette"] and ceiling["transfer"] > 0.5
+    assert set(res["scores"]["vae_roundtrip_by_prompt"]) == {ex["prompt"] for ex in exs}
+
+
 def test_model_stream_override_reaches_the_stage_folder(tmp_path, teacher_run):
     """`model.stream` (e.g. the tiny runs' timestep shift) replaces the init stage's stream settings, drives the
     training noise schedule and is written to the next stage folder, so the students and the engine inherit it."""
