@@ -775,7 +775,7 @@ def apply_overrides(args, train_cfg, data: DataConfig, smoke) -> tuple[Any, Data
     if args.smoke:
         data = dataclass_from_dict(DataConfig, {**vars(data), "train_length": smoke.train_length})
     if getattr(args, "latent_cache", None):
-        caches = args.latent_cache if isinstance(args.latent_cache, str) else list(args.latent_cache)
+        caches = [args.latent_cache] if isinstance(args.latent_cache, str) else list(args.latent_cache)
         data = dataclass_from_dict(DataConfig, {**vars(data), "latent_cache": caches[0] if len(caches) == 1
                                                 else caches})
     train_cfg = apply_cli_overrides(train_cfg, smoke if args.smoke else None, args.max_steps, args.out, args.threads,
