@@ -139,7 +139,7 @@ all_wide)  # one call for the whole wide chain; held-out sampling runs afterward
     python3 -m teacher.train_teacher --config teacher/configs/tiny_wide_gpu.yaml $MP --max-minutes "$T_MIN" $DATA
     rc=$?; pack teacher_wide.tgz runs/gpu_teacher_wide
     if (( rc )) || [[ ! -f $TEACHER/preset.json ]]; then
-        # the lease is scarce: distil the published teacher (run 5's recipe) rather than end the call
+        # the lease is scarce: distil the published teacher (assets/checkpoints/teacher_tiny) rather than end the call
         echo "wide teacher failed ($rc); distilling assets/checkpoints/teacher_tiny instead"
         TEACHER=assets/checkpoints/teacher_tiny
     fi
