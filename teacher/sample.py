@@ -118,17 +118,20 @@ def heldout_examples(comp: Components, split: str, num: int, frames: int, seed: 
 
 
 def transfer_scores(video: np.ndarray, garment: np.ndarray, old_garment: np.ndarray, evaluator,
-                    skip: int = 1, stride: int = 2, real: np.ndarray | None = None) -> dict:
+                    skip: int = 1, stride: int = 2, real: np.ndarray | None = None,
+                    real_masks: np.ndarray | None = None) -> dict:
     """Garment fidelity (docs/EVAL.md) of the generated frames vs the garment image and vs the reference's own
     garment; `transfer` = fraction of scored frames closer to the garment image (0.5 = no preference).
 
     With the `real` clip of the same triplet, `silhouette` is the mean IoU of the person masks of generated and real
     frames (a frame without a person scores 0): the motion is the prompt's, so a kept body overlaps the real one and
-    a body that dissolves after frame 0 does not, even when the torso keeps the garment's colour."""
+    a body that dissolves after frame 0 does not, even when the torso keeps the garment's colour. `real_masks`
+    (the evaluator's masks of `real`) saves segmenting the same real clip again for each scored video."""
     from fashionchameleon import metrics as M
 
     masks = evaluator.masks(video)
-    real_masks = evaluator.masks(real) if real is not None else None
+    if real_masks is None and real is not None:
+        real_masks = evaluator.masks(real)
     new, old = M.GarmentReference(garment, evaluator.cfg), M.GarmentReference(old_garment, evaluator.cfg)
     fn, fo, sil = [], [], []
     for t in range(skip, len(video), stride):
@@ -187,12 +190,13 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
             rows.append(contact_row(r, g, to_uint8(ex["video"]), cols, "real"))
         if evaluator is not None and "reference_garment" in ex:
             real = to_uint8(ex["video"]) if "video" in ex else None
-            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator, real=real)
+            real_masks = evaluator.masks(real) if real is not None else None
+            gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator, real_masks=real_masks)
                               | {"prompt": ex["prompt"]})
-            if "video" in ex:
+            if real is not None:
                 real_scores.append(transfer_scores(real, g, ex["reference_garment"], evaluator))
                 rt = to_uint8(vae_roundtrip(comp, ex["video"]))
-                vae_scores.append(transfer_scores(rt, g, ex["reference_garment"], evaluator, real=real)
+                vae_scores.append(transfer_scores(rt, g, ex["reference_garment"], evaluator, real_masks=real_masks)
                                   | {"prompt": ex["prompt"]})
         if mp4:
             side = np.concatenate([np.broadcast_to(r, v.shape), np.broadcast_to(g, v.shape), v], axis=2)
