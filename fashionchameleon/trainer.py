@@ -571,6 +571,12 @@ class Trainer:
         if f.is_file() and f.stat().st_size:
             with f.open() as fh:
                 header = next(csv.reader(fh))
+            new = sorted(k for k in row if k not in header)
+            if new:  # e.g. the generator's loss after a critic-only warm-up: widen the header, pad the old rows
+                rows = list(csv.reader(f.open()))[1:]
+                header = header + new
+                with f.open("w", newline="") as fh:
+                    csv.writer(fh).writerows([header] + [r + [""] * len(new) for r in rows])
         else:
             header = base + sorted(k for k in row if k not in base)
             with f.open("w", newline="") as fh:

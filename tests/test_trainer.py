@@ -269,3 +269,20 @@ def test_bf16_mixed_precision_reaches_routed_and_frozen_models(tmp_path, fresh_a
     assert next(tr.models["frozen"].parameters()).dtype == torch.bfloat16  # frozen_dtype "auto"
     assert all(p.dtype == torch.float32 for p in tr.models["model"].parameters())
     assert json.loads((tmp_path / "step_000001" / "trainer_state.json").read_text())["step"] == 1
+
+
+def test_log_keeps_scalars_that_first_appear_after_the_header(tmp_path):
+    """A DMD run logs only the critic during its warm-up; the generator's scalars that start later must reach log.csv."""
+    def step(ctx, batch):
+        out = _step(ctx, batch)
+        if ctx.step >= 3:  # the trainer's step counter before this update
+            out["late"] = torch.tensor(float(ctx.step))
+        return out
+
+    tr = _trainer(tmp_path / "l", 6, step=step)
+    tr.train()
+    rows = list(csv.DictReader((tmp_path / "l" / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert [r["late"] for r in rows[:3]] == ["", "", ""]
+    assert [float(r["late"]) for r in rows[3:]] == [3.0, 4.0, 5.0]
+    assert all(r["mse"] for r in rows)  # the old columns keep their values
