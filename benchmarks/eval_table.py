@@ -89,10 +89,12 @@ def accuracy_table(acc: dict | None) -> str:
 
 def _case_values(res: dict) -> dict[str, dict[int, float]]:
     """Per-case means of the paired metrics: fidelity (all segments), swap success (post-swap segments), flicker,
-    and the log of landmark continuity (its mean over the case's swaps; a ratio, so it is compared in logs)."""
+    body IoU against the ground-truth person (all segments), and the log of landmark continuity (its mean over the
+    case's swaps; a ratio, so it is compared in logs)."""
     import math
 
-    out: dict[str, dict[int, float]] = {"fidelity": {}, "swap_success": {}, "flicker": {}, "log_continuity": {}}
+    out: dict[str, dict[int, float]] = {"fidelity": {}, "swap_success": {}, "flicker": {}, "body_iou": {},
+                                        "log_continuity": {}}
 
     def mean(v):
         v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
@@ -103,6 +105,7 @@ def _case_values(res: dict) -> dict[str, dict[int, float]]:
         for k, v in (("fidelity", mean([g["fidelity"] for g in segs])),
                      ("swap_success", mean([g["success"] for g in segs[1:]])),
                      ("flicker", c.get("flicker")),
+                     ("body_iou", mean([g.get("body_iou") for g in segs])),
                      ("log_continuity", mean([math.log(x) for x in c.get("continuity_kp") or []
                                               if x is not None and math.isfinite(x) and x > 0]))):
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
@@ -121,7 +124,8 @@ def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, s
 
     by = {(name, r.get("policy")): _case_values(r) for name, r in rows}
     lines = ["| model − " + base + (f" ({base_policy})" if base_policy else "") + " | policy | cases | Δ garment fidelity [95 % CI] | Δ swap success [95 % CI] | "
-             "Δ flicker [95 % CI] | continuity ratio (landmarks) [95 % CI] |", "|---|---|---|---|---|---|---|"]
+             "Δ flicker [95 % CI] | Δ body IoU [95 % CI] | continuity ratio (landmarks) [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(seed)
     for (name, policy), vals in by.items():
         bkey = (base, base_policy or policy)
@@ -129,7 +133,7 @@ def paired_table(rows: list[tuple[str, dict]], base: str, samples: int = 2000, s
             continue
         ref = by[bkey]
         cells, n_cases = [], 0
-        for k in ("fidelity", "swap_success", "flicker", "log_continuity"):
+        for k in ("fidelity", "swap_success", "flicker", "body_iou", "log_continuity"):
             common = sorted(set(vals[k]) & set(ref[k]))
             if not common:
                 cells.append("–")

@@ -103,11 +103,14 @@ def test_run_case_records_actual_swap_frames():
     assert r["restore_frames"] == expect and len(r["continuity_kp_restore"]) == len(expect)
 
 
-def _fake_result(policy, fid, succ, flick, cont=None):
+def _fake_result(policy, fid, succ, flick, cont=None, body=None):
     """The shape `evaluate()` writes, reduced to what the table reads."""
+    def seg(i, success):
+        return {"fidelity": fid[i], "success": success, **({} if body is None else {"body_iou": body[i]})}
+
     return {"policy": policy, "per_case": [
         {"case": i, "flicker": flick[i], "continuity_kp": [] if cont is None else cont[i],
-         "segments": [{"fidelity": fid[i], "success": 1.0}, {"fidelity": fid[i], "success": succ[i]}]}
+         "segments": [seg(i, 1.0), seg(i, succ[i])]}
         for i in range(len(fid))]}
 
 
@@ -136,10 +139,10 @@ def test_eval_table_cache_keys_and_paired_differences(tmp_path):
     assert run_key("x", a) != before
     # paired differences: a constant +0.1 fidelity gap has a zero-width interval; unmatched policies are skipped
     n = 20
-    base = _fake_result("disentangle", [0.5] * n, [0.0] * n, [1.0] * n, [[4.0, 16.0]] * n)
+    base = _fake_result("disentangle", [0.5] * n, [0.0] * n, [1.0] * n, [[4.0, 16.0]] * n, body=[0.4] * n)
     # continuity is a ratio: halving every swap jump is x0.50 whatever the base; a zero or NaN entry is skipped
     better = _fake_result("disentangle", [0.6] * n, [1.0] * (n // 2) + [0.0] * (n // 2), [2.0] * n,
-                          [[2.0, 8.0, 0.0, float("nan")]] * n)
+                          [[2.0, 8.0, 0.0, float("nan")]] * n, body=[0.45] * n)
     other = _fake_result("refresh", [0.9] * n, [1.0] * n, [1.0] * n)
     md = paired_table([("base", base), ("m", better), ("m", other)], "base")
     row = [line for line in md.splitlines() if line.startswith("| m |")]
@@ -147,11 +150,12 @@ def test_eval_table_cache_keys_and_paired_differences(tmp_path):
     assert "+0.100 [+0.100, +0.100]" in row[0] and "+1.000 [+1.000, +1.000]" in row[0]
     assert "+0.500 [" in row[0]
     assert "×0.50 [×0.50, ×0.50]" in row[0]
+    assert "| +0.050 [+0.050, +0.050] |" in row[0]  # body IoU
     # a model without continuity values gets a dash in that column, not a crash
     none = _fake_result("disentangle", [0.6] * n, [1.0] * n, [1.0] * n)
     row = [line for line in paired_table([("base", base), ("n", none)], "base").splitlines()
            if line.startswith("| n |")]
-    assert row and row[0].rstrip().endswith("| – |")
+    assert row and row[0].rstrip().endswith("| – | – |")  # nor body IoU (results from before it existed)
     assert paired_table([("base", base)], "base") == ""
     # --base-policy: rows of another policy are taken against the base model under that policy
     md = paired_table([("base", base), ("base", other)], "base", base_policy="disentangle")
