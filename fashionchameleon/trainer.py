@@ -573,7 +573,8 @@ class Trainer:
                 header = next(csv.reader(fh))
             new = sorted(k for k in row if k not in header)
             if new:  # e.g. the generator's loss after a critic-only warm-up: widen the header, pad the old rows
-                rows = list(csv.reader(f.open()))[1:]
+                with f.open() as fh:
+                    rows = list(csv.reader(fh))[1:]
                 header = header + new
                 with f.open("w", newline="") as fh:
                     csv.writer(fh).writerows([header] + [r + [""] * len(new) for r in rows])
