@@ -12,12 +12,14 @@ import argparse
 import contextlib
 import json
 import time
+from types import SimpleNamespace
 
 import torch
+from accelerate import Accelerator
 
 from fashionchameleon.trainer import load_yaml_config
-from teacher.common import build_components, incontext_flow, training_dataset, wrap
-from teacher.train_teacher import SECTIONS
+from teacher.common import build_components, training_dataset, wrap
+from teacher.train_teacher import SECTIONS, make_step_fn
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,19 +37,18 @@ def main(argv: list[str] | None = None) -> dict:
     comp = build_components(cfg["model"])
     ds = training_dataset(cfg["data"], comp, a.batch_size, 0)
     batch = torch.utils.data.default_collate([ds[i] for i in range(a.batch_size)])
-    ref, gar, vid = (batch[f"{k}_latent"].float() for k in ("reference", "garment", "video"))
-    model, fm = wrap(comp), comp.fm
-    fwd = torch.compile(comp.transformer) if a.mode == "compile" else comp.transformer
+    if a.mode == "compile":
+        comp.transformer = torch.compile(comp.transformer)
+    model = wrap(comp)
+    # the trainer's own step function (region + bell weighting), called outside the Trainer to time only the step
+    step_fn = make_step_fn(comp, cfg["data"])
+    ctx = SimpleNamespace(models={"teacher": model}, accelerator=Accelerator(cpu=True), device=torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
 
     def step():
         with cast:
-            t = fm.sample_train_timesteps((a.batch_size,))
-            noise = torch.randn_like(vid)
-            text = model.encode(list(batch["prompt"]), comp.text_encoder)
-            v = incontext_flow(fwd, ref, gar, fm.add_noise(vid, noise, t), t, text)
-            loss = (v.float() - fm.training_target(vid, noise)).pow(2).mean()
+            loss = step_fn(ctx, batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
