@@ -119,17 +119,19 @@ def heldout_examples(comp: Components, split: str, num: int, frames: int, seed: 
 
 def transfer_scores(video: np.ndarray, garment: np.ndarray, old_garment: np.ndarray, evaluator,
                     skip: int = 1, stride: int = 2, real: np.ndarray | None = None,
-                    real_masks: np.ndarray | None = None) -> dict:
+                    real_masks: np.ndarray | None = None, masks: np.ndarray | None = None) -> dict:
     """Garment fidelity (docs/EVAL.md) of the generated frames vs the garment image and vs the reference's own
     garment; `transfer` = fraction of scored frames closer to the garment image (0.5 = no preference).
 
     With the `real` clip of the same triplet, `silhouette` is the mean IoU of the person masks of generated and real
     frames (a frame without a person scores 0): the motion is the prompt's, so a kept body overlaps the real one and
     a body that dissolves after frame 0 does not, even when the torso keeps the garment's colour. `real_masks`
-    (the evaluator's masks of `real`) saves segmenting the same real clip again for each scored video."""
+    (the evaluator's masks of `real`) saves segmenting the same real clip again for each scored video; `masks`, the
+    same for `video` itself."""
     from fashionchameleon import metrics as M
 
-    masks = evaluator.masks(video)
+    if masks is None:
+        masks = evaluator.masks(video)
     if real_masks is None and real is not None:
         real_masks = evaluator.masks(real)
     new, old = M.GarmentReference(garment, evaluator.cfg), M.GarmentReference(old_garment, evaluator.cfg)
@@ -194,7 +196,7 @@ def render_examples(comp: Components, examples: list[dict], out: str | Path, fra
             gen_scores.append(transfer_scores(v, g, ex["reference_garment"], evaluator, real_masks=real_masks)
                               | {"prompt": ex["prompt"]})
             if real is not None:
-                real_scores.append(transfer_scores(real, g, ex["reference_garment"], evaluator))
+                real_scores.append(transfer_scores(real, g, ex["reference_garment"], evaluator, masks=real_masks))
                 rt = to_uint8(vae_roundtrip(comp, ex["video"]))
                 vae_scores.append(transfer_scores(rt, g, ex["reference_garment"], evaluator, real_masks=real_masks)
                                   | {"prompt": ex["prompt"]})
