@@ -47,17 +47,27 @@ def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor
 
 
 @torch.no_grad()
-def score_x0(fm, real, fake, ref, gar, x_t, t, text_c, text_u, guidance: float, garment_guidance: float = 1.0,
-             gar_null: torch.Tensor | None = None):
-    """x0 predictions of the real score (teacher, CFG) and the fake score (critic, no CFG) on `[ref, gar, x_t]`.
-
-    `garment_guidance` > 1 also extrapolates the real score away from the teacher's answer for a blank garment
-    image `gar_null` (the letterbox canvas), so the student distils a teacher that follows the garment more."""
+def real_x0(fm, real, ref, gar, x_t, t, text_c, text_u, guidance: float, garment_guidance: float = 1.0,
+            gar_null: torch.Tensor | None = None) -> torch.Tensor:
+    """x0 prediction of the real score (teacher, CFG; garment guidance when `garment_guidance` != 1)."""
     if garment_guidance != 1.0:
         if gar_null is None:
             raise ValueError("garment guidance needs the blank-garment latent gar_null")
-        v_real = garment_guided_flow(real, ref, gar, gar_null, x_t, t, text_c, text_u, guidance, garment_guidance)
+        v = garment_guided_flow(real, ref, gar, gar_null, x_t, t, text_c, text_u, guidance, garment_guidance)
     else:
-        v_real = cfg_flow(real, ref, gar, x_t, t, text_c, text_u, guidance)
-    v_fake = incontext_flow(fake, ref, gar, x_t, t, text_c)
-    return fm.x0_from_flow(x_t, v_real, t), fm.x0_from_flow(x_t, v_fake, t)
+        v = cfg_flow(real, ref, gar, x_t, t, text_c, text_u, guidance)
+    return fm.x0_from_flow(x_t, v, t)
+
+
+@torch.no_grad()
+def score_x0(fm, real, fake, ref, gar, x_t, t, text_c, text_u, guidance: float, garment_guidance: float = 1.0,
+             gar_null: torch.Tensor | None = None, real_text: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """x0 predictions of the real score (teacher, CFG) and the fake score (critic, no CFG) on `[ref, gar, x_t]`.
+
+    `garment_guidance` > 1 also extrapolates the real score away from the teacher's answer for a blank garment
+    image `gar_null` (the letterbox canvas), so the student distils a teacher that follows the garment more.
+    `real_text` is the real score's own (cond, uncond) embeddings where the teacher's text encoder is not the
+    generator's (`text_c`, `text_u` are the generator's, which the critic reads); None: the same for both."""
+    rc, ru = real_text if real_text is not None else (text_c, text_u)
+    x0_real = real_x0(fm, real, ref, gar, x_t, t, rc, ru, guidance, garment_guidance, gar_null)
+    return x0_real, fm.x0_from_flow(x_t, incontext_flow(fake, ref, gar, x_t, t, text_c), t)

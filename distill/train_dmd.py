@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from distill.dmd import dmd_gradient, score_x0, spatial_lowpass, weighted_dmd_loss
+from distill.dmd import dmd_gradient, real_x0, score_x0, spatial_lowpass, weighted_dmd_loss
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
 from distill.rollout import draw_exit_step, rollout
 from distill.train_tf import TFMask, real_clip_loss
@@ -74,6 +74,12 @@ class DMDConfig:
     # so only the teacher's coarse signal is distilled, not the high-frequency texture of its samples (run 9: it
     # did not stop the long-stream drift)
     grad_lowpass: float = 0.0
+    # a second frozen teacher for the fine noise levels: at t <= detail_max_t the real score is this teacher's
+    # (same CFG and garment guidance), above it `teacher`'s. Noise levels split a sample's layout (high t) from
+    # its texture (low t), so one teacher can give the body and another the garment's pattern (session 22:
+    # the session-20 teacher gave the student body and cost it pattern, run 5's kept the pattern).
+    detail_teacher: str | None = None
+    detail_max_t: float = 0.0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
@@ -83,7 +89,9 @@ class DMDConfig:
             raise ValueError(f"dmd.garment_guidance must be finite and >= 0, got {self.garment_guidance}")
         if self.critic_warmup < 0:
             raise ValueError(f"dmd.critic_warmup must be >= 0, got {self.critic_warmup}")
-        for name in ("tf_anchor", "tf_anchor_context_noise_max", "grad_lowpass"):
+        if self.detail_teacher and not self.detail_max_t > 0:
+            raise ValueError("dmd.detail_teacher needs dmd.detail_max_t > 0 (the noise level below which it scores)")
+        for name in ("tf_anchor", "tf_anchor_context_noise_max", "grad_lowpass", "detail_max_t"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"dmd.{name} must be finite and >= 0, got {v}")
@@ -149,7 +157,27 @@ def generator_step(dmd: DMDConfig, step: int) -> bool:
     return step >= dmd.critic_warmup and (step - dmd.critic_warmup) % dmd.gen_update_every == 0
 
 
-def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None):
+def real_score_text_encoder(teacher_comp, comp) -> torch.nn.Module | None:
+    """The text encoder the real score must read: the teacher's own where its embeddings differ from the
+    generator's (a teacher trained further with `train_text_encoder: true`, as in sessions 19-20), else None (the
+    generator's serves both). A frozen encoder referenced by path (umT5) is shared when the paths agree."""
+    t_enc, g_enc = teacher_comp.text_encoder, comp.text_encoder
+    if not (hasattr(t_enc, "save_pretrained") and hasattr(g_enc, "save_pretrained")):
+        if teacher_comp.preset.text == comp.preset.text:
+            return None
+    elif type(t_enc) is type(g_enc):
+        a, b = t_enc.state_dict(), g_enc.state_dict()
+        if a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k].float(), b[k].float())
+                                        for k in a):
+            return None
+    return t_enc.requires_grad_(False).eval()
+
+
+def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None,
+                 real_text: torch.nn.Module | None = None, detail_text: torch.nn.Module | None = None):
+    """`real_text` / `detail_text`: the teacher's (detail teacher's) own text encoder where it differs from the
+    generator's (`real_score_text_encoder`); the real score then reads its embeddings, the critic the generator's.
+    With `dmd.detail_teacher`, `ctx.models["detail"]` scores the samples noised to t <= `dmd.detail_max_t`."""
     fm, vae, text_enc, preset = comp.fm, comp.vae, comp.text_encoder, comp.preset
     stream = preset.stream
     if dmd.tf_anchor > 0 and (data is None or data.frames < 2):
@@ -184,8 +212,29 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
                 if key not in blank:
                     blank[key] = blank_garment(vae, batch, ctx.device)
                 gar_null = blank[key]
-            x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c, text_u,
-                                        dmd.guidance, dmd.garment_guidance, gar_null)
+            def own_text(enc):
+                if enc is None:
+                    return text_c, text_u
+                with torch.no_grad():
+                    return (enc(list(batch["prompt"])).to(ctx.device),
+                            enc([dmd.negative_prompt] * b).to(ctx.device))
+
+            if not dmd.detail_teacher:
+                x0_real, x0_fake = score_x0(fm, real.transformer, critic.transformer, ref, gar, x_t, t, text_c,
+                                            text_u, dmd.guidance, dmd.garment_guidance, gar_null, own_text(real_text))
+            else:  # each sample is scored by one teacher, chosen by its noise level
+                low = t <= dmd.detail_max_t
+                x0_real = torch.empty_like(x_t)
+                for net, enc, sel in ((real, real_text, ~low), (ctx.models["detail"], detail_text, low)):
+                    if sel.any():
+                        i = sel.nonzero().squeeze(1)
+                        c, u = own_text(enc)
+                        x0_real[i] = real_x0(fm, net.transformer, ref[i], gar[i], x_t[i], t[i], c[i], u[i],
+                                             dmd.guidance, dmd.garment_guidance,
+                                             None if gar_null is None else gar_null[i]).to(x0_real.dtype)
+                with torch.no_grad():
+                    x0_fake = fm.x0_from_flow(x_t, incontext_flow(critic.transformer, ref, gar, x_t, t, text_c), t)
+                out["detail_share"] = low.float().mean()
             grad = spatial_lowpass(dmd_gradient(x, x0_real, x0_fake), dmd.grad_lowpass)
             if math.isinf(dmd.tau) or dmd.reward.kind == "none":
                 rewards = torch.zeros(b, dmd.chunks, device=ctx.device)
@@ -253,6 +302,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     critic = TextDiT(load_critic(dmd.critic_init) if dmd.critic_init else copy.deepcopy(teacher_comp.transformer), None)
     real = TextDiT(teacher_comp.transformer.requires_grad_(False).eval(), None)
     check_critic_shape(real.transformer, critic.transformer, dmd)
+    real_text = real_score_text_encoder(teacher_comp, comp)
+    if real_text is not None:
+        print(f"[dmd] the teacher's text encoder differs from the generator's: the real score reads its own "
+              f"({dmd.teacher})", flush=True)
+    models = {"generator": gen, "critic": critic, "teacher": real}
+    detail_text = None
+    if dmd.detail_teacher:
+        detail_comp = load_stage(dmd.detail_teacher)
+        models["detail"] = TextDiT(detail_comp.transformer.requires_grad_(False).eval(), None)
+        c_in = (real.transformer.config.in_channels, models["detail"].transformer.config.in_channels)
+        if c_in[0] != c_in[1]:
+            raise ValueError(f"dmd.detail_teacher {dmd.detail_teacher!r} reads {c_in[1]} latent channels, the "
+                             f"teacher {c_in[0]}: both must score the generator's latents")
+        detail_text = real_score_text_encoder(detail_comp, comp)
     out = Path(train_cfg.output_dir)
     data_ds = Triplets(build_dataset(data, comp.preset, "train", data.train_length, data.seed))
 
@@ -271,9 +334,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"DMD {comp.preset.name} (tau={dmd.tau})")
         return {"exported": str(dest)}
 
-    trainer = Trainer(train_cfg, {"generator": gen, "critic": critic, "teacher": real},
-                      make_step_fn(comp, dmd, train_cfg.seed, data), data_ds, optimizers=opts, eval_fn=eval_fn)
+    trainer = Trainer(train_cfg, models, make_step_fn(comp, dmd, train_cfg.seed, data, real_text, detail_text),
+                      data_ds, optimizers=opts, eval_fn=eval_fn)
     comp.place(trainer.accelerator.device, trainer.frozen_dtype)
+    for enc in (real_text, detail_text):
+        if enc is not None:
+            enc.to(trainer.accelerator.device)
     res = trainer.train(resume=args.resume, until=args.until)
     card = (f"# GR-DMD generator ({comp.preset.name})\n\nGenerator from `{model_cfg.init}`, teacher "
             f"`{dmd.teacher}`, tau={dmd.tau}, reward={dmd.reward.kind}; {res['step']} steps, "

@@ -302,6 +302,87 @@ def test_garment_guided_real_score_matches_separate_forwards(stages, tmp_path):
     assert np.isfinite(res["critic_loss"]) and (tmp_path / "gg/final/transformer").is_dir()
 
 
+def _perturbed_teacher(root, dest, part: str, seed: int):
+    """A copy of the smoke teacher with one part's weights (`transformer` or `text_encoder`) moved by noise."""
+    from teacher.common import save_stage
+
+    comp = load_stage(root / "t/final")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in getattr(comp, part).parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g) * (p.std() if p.numel() > 1 else 1.0))
+    save_stage(dest, comp)
+    return dest
+
+
+def _dmd_smoke(root, out, cfg_path, teacher, extra: str = ""):
+    smoke = (ROOT / "distill/configs/dmd_smoke.yaml").read_text()
+    cfg_path.write_text(smoke.replace("dmd:\n", f"dmd:\n  critic_init: {root / 't/final'}\n{extra}"))
+    train_dmd.main(["--config", str(cfg_path), "--smoke", "--out", str(out), "--init", str(root / "tf/final"),
+                    "--teacher", str(teacher)])
+    return load_stage(out / "final").transformer.state_dict()
+
+
+def test_real_score_reads_the_teachers_own_text_encoder(stages, tmp_path, monkeypatch):
+    """A teacher trained further with its text encoder (sessions 19-20) must be scored with its own embeddings,
+    not the generator's (session 21 fed it the student's); the critic keeps reading the generator's."""
+    from distill.dmd import real_x0, score_x0
+    from distill.train_dmd import real_score_text_encoder
+
+    root, _ = stages
+    gen, teacher = load_stage(root / "tf/final"), load_stage(root / "t/final")
+    assert real_score_text_encoder(load_stage(root / "t/final"), teacher) is None  # same weights: shared
+    other = load_stage(_perturbed_teacher(root, tmp_path / "pert", "text_encoder", 5))
+    enc = real_score_text_encoder(other, gen)
+    assert enc is other.text_encoder and not any(p.requires_grad for p in enc.parameters())
+    # score_x0: the real branch reads `real_text`, the fake branch the generator's embeddings
+    tr, fm = teacher.transformer.eval(), teacher.fm
+    g = torch.Generator().manual_seed(4)
+    z = tr.config.in_channels
+    h, w = teacher.preset.height // teacher.preset.spatial_factor, teacher.preset.width // teacher.preset.spatial_factor
+    ref, gar = (torch.randn(1, z, 1, h, w, generator=g) for _ in range(2))
+    x_t, t = torch.randn(1, z, 3, h, w, generator=g), torch.tensor([600.0])
+    with torch.no_grad():
+        mine = (gen.text_encoder(["walks forward"]), gen.text_encoder([""]))
+        own = (enc(["walks forward"]), enc([""]))
+        real, fake = score_x0(fm, tr, tr, ref, gar, x_t, t, *mine, 2.0, real_text=own)
+        assert torch.allclose(real, real_x0(fm, tr, ref, gar, x_t, t, *own, 2.0), atol=1e-5)
+        assert not torch.allclose(real, real_x0(fm, tr, ref, gar, x_t, t, *mine, 2.0), atol=1e-4)
+        _, fake_mine = score_x0(fm, tr, tr, ref, gar, x_t, t, *mine, 2.0)
+        assert torch.equal(fake, fake_mine)
+    # the training step hands the teacher's own negative-prompt embedding to the real score
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(args[-1])
+        return score_x0(*args, **kwargs)
+
+    monkeypatch.setattr(train_dmd, "score_x0", spy)
+    _dmd_smoke(root, tmp_path / "run", tmp_path / "dmd.yaml", tmp_path / "pert")
+    assert seen and all(s is not None for s in seen)
+    with torch.no_grad():
+        assert all(torch.allclose(s[1], enc([""]), atol=1e-6) for s in seen)
+
+
+def test_detail_teacher_scores_the_fine_noise_levels(stages, tmp_path):
+    """dmd.detail_teacher: below detail_max_t it is the real score, above it `teacher` is. A split above every
+    DMD noise level equals DMD against the detail teacher alone; one below them all equals DMD without it."""
+    from distill.train_dmd import DMDConfig
+
+    with pytest.raises(ValueError, match="detail_max_t"):
+        DMDConfig(detail_teacher="x")
+    root, _ = stages
+    pert = _perturbed_teacher(root, tmp_path / "pert", "transformer", 6)
+    detail = f"  detail_teacher: {root / 't/final'}\n"
+    plain = _dmd_smoke(root, tmp_path / "plain", tmp_path / "a.yaml", root / "t/final")
+    other = _dmd_smoke(root, tmp_path / "other", tmp_path / "b.yaml", pert)
+    assert any(not torch.equal(plain[k], other[k]) for k in plain)  # the teacher matters
+    all_detail = _dmd_smoke(root, tmp_path / "hi", tmp_path / "c.yaml", pert, detail + "  detail_max_t: 1000.0\n")
+    no_detail = _dmd_smoke(root, tmp_path / "lo", tmp_path / "d.yaml", pert, detail + "  detail_max_t: 1.0\n")
+    assert all(torch.equal(plain[k], all_detail[k]) for k in plain)
+    assert all(torch.equal(other[k], no_detail[k]) for k in other)
+
+
 def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
     """dmd.tf_anchor: the generator update also fits the real clip (the TF stage's loss at the student's steps);
     it needs clips, refuses bad weights, and moves the generator away from the anchor-free run of the same seed."""
