@@ -20,10 +20,13 @@ from fashionchameleon.sampling import FlowMatching
 
 def rollout(transformer, fm: FlowMatching, stream: StreamConfig, ref: torch.Tensor, gar: torch.Tensor,
             text: torch.Tensor, num_chunks: int, exit_step: int | None = None, grad: bool = False,
-            generator: torch.Generator | None = None, grad_last: int | None = None) -> list[torch.Tensor]:
+            generator: torch.Generator | None = None, grad_last: int | None = None,
+            reprefill: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Returns the `num_chunks` chunk latents `[B, z, chunk_frames, h, w]` (x0 at the exit step).
 
-    `grad_last`: with `grad`, only the last `grad_last` chunks keep gradients (a long rollout scored on a window)."""
+    `grad_last`: with `grad`, only the last `grad_last` chunks keep gradients (a long rollout scored on a window).
+    `reprefill`: chunk index -> reference latent written into the reference slot (with `gar`) before that chunk,
+    history kept, as `StreamingSession.prefill` does for the `anchored` policy's restore."""
     steps = fm.few_step_timesteps(stream.denoising_steps, stream.warp_denoising_steps)
     last = len(steps) - 1
     exit_step = last if exit_step is None else int(exit_step)
@@ -46,6 +49,10 @@ def rollout(transformer, fm: FlowMatching, stream: StreamConfig, ref: torch.Tens
     outs = []
     first_grad = 0 if grad_last is None else num_chunks - grad_last
     for j in range(num_chunks):
+        if reprefill and j in reprefill:
+            with torch.no_grad():
+                cond = torch.cat([reprefill[j], gar], dim=2).to(dtype)
+                transformer(cond, torch.zeros(b, cond.shape[2], device=dev), text, kv_cache=cache, cache_op="cond")
         x = noise()
         x0 = x
         for i, t in enumerate(steps):
@@ -64,6 +71,46 @@ def rollout(transformer, fm: FlowMatching, stream: StreamConfig, ref: torch.Tens
             transformer(x_in, torch.full((b, f), float(ctx), device=dev), text, kv_cache=cache, cache_op="commit")
         outs.append(x0)
     return outs
+
+
+def swap_rollout(transformer, fm: FlowMatching, stream: StreamConfig, vae, ref: torch.Tensor, gar: torch.Tensor,
+                 new_gar: torch.Tensor, text: torch.Tensor, num_chunks: int, exit_step: int | None = None,
+                 grad: bool = False, generator: torch.Generator | None = None, grad_last: int | None = None,
+                 policy: str = "anchored", pre_chunks: int = 1) -> list[torch.Tensor]:
+    """A stream that swaps from `gar` to `new_gar` after `pre_chunks` chunks, step for step what `StreamingSession`
+    does with the `disentangle` or `anchored` policy (default options), returning the `num_chunks` chunks after the
+    swap. The pre-swap chunks are generated without gradients and decoded with the stream decoder; the swap
+    re-encodes the last decoded frame as the reference, withdraws the history (sink included, positions restart:
+    a fresh cache) and, for `anchored`, moves the reference slot back to `ref` over the following chunks."""
+    from fashionchameleon.reschedule import Anchored, make_policy
+
+    pol = make_policy(policy)
+    opts = pol.options
+    if pol.name not in ("disentangle", "anchored"):
+        raise ValueError(f"swap rollouts follow the disentangle or anchored policy, got {pol.name!r}")
+    if not opts.withdraw_sink or opts.rope_after_swap != "restart":
+        raise ValueError("swap rollouts need withdraw_sink=True and rope_after_swap=restart (a fresh cache)")
+    if pre_chunks < 1:
+        raise ValueError(f"pre_chunks must be >= 1, got {pre_chunks}")
+    with torch.no_grad():
+        pre = rollout(transformer, fm, stream, ref, gar, text, pre_chunks, generator=generator)
+        if opts.reencode == "last_latent":
+            new_ref = pre[-1][:, :, -1:]
+        else:
+            vae_dtype = next(vae.parameters()).dtype
+            decoder = vae.stream_decoder()
+            for chunk in pre:
+                pix = decoder.decode(chunk.to(vae_dtype))
+            new_ref = vae.encode_image(pix[:, :, -1].float().to(vae_dtype)).to(ref.dtype)
+    reprefill = {}
+    if isinstance(pol, Anchored):
+        for j in range(1, num_chunks):
+            k = j - opts.restore_after + 1  # Anchored._step at chunks_since_swap = j
+            if 1 <= k <= opts.restore_chunks:
+                a = k / opts.restore_chunks
+                reprefill[j] = ref if a == 1 else torch.lerp(new_ref, ref, a)
+    return rollout(transformer, fm, stream, new_ref, new_gar, text, num_chunks, exit_step, grad, generator, grad_last,
+                   reprefill)
 
 
 def draw_exit_step(stream: StreamConfig, seed: int, step: int) -> int:

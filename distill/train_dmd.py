@@ -28,7 +28,7 @@ import torch
 
 from distill.dmd import dmd_gradient, real_x0, score_x0, spatial_lowpass, weighted_dmd_loss
 from distill.reward import RewardConfig, chunk_rewards, chunk_weights
-from distill.rollout import draw_exit_step, rollout
+from distill.rollout import draw_exit_step, rollout, swap_rollout
 from distill.train_tf import TFMask, real_clip_loss
 from fashionchameleon.model import CausalWanTransformer3DModel
 from fashionchameleon.stream import PRESET_FILE
@@ -80,6 +80,13 @@ class DMDConfig:
     # the session-20 teacher gave the student body and cost it pattern, run 5's kept the pattern).
     detail_teacher: str | None = None
     detail_max_t: float = 0.0
+    # > 0: this share of iterations (seeded by the step, the same on every rank) roll out a garment swap as the
+    # stream does it (`distill.rollout.swap_rollout` with `swap_policy`): one chunk in the batch's garment, then the
+    # next sample's garment (the batch rolled by one; with batch 1 the same garment) with the last decoded frame
+    # re-encoded as the reference. Both scores judge the chunks after the swap against [the original reference, the
+    # new garment]. Session 22: the students lose garment pattern after a swap, not before it.
+    swap_prob: float = 0.0
+    swap_policy: str = "anchored"
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
@@ -91,6 +98,12 @@ class DMDConfig:
             raise ValueError(f"dmd.critic_warmup must be >= 0, got {self.critic_warmup}")
         if self.detail_teacher and not self.detail_max_t > 0:
             raise ValueError("dmd.detail_teacher needs dmd.detail_max_t > 0 (the noise level below which it scores)")
+        if not 0.0 <= self.swap_prob <= 1.0:
+            raise ValueError(f"dmd.swap_prob must be in [0, 1], got {self.swap_prob}")
+        from fashionchameleon.reschedule import parse_policy
+
+        if parse_policy(self.swap_policy)[0] not in ("disentangle", "anchored"):
+            raise ValueError(f"dmd.swap_policy must be disentangle or anchored (with options), got {self.swap_policy!r}")
         for name in ("tf_anchor", "tf_anchor_context_noise_max", "grad_lowpass", "detail_max_t"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -152,6 +165,14 @@ def rollout_length(dmd: DMDConfig, seed: int, step: int) -> int:
     return int(torch.randint(dmd.chunks, dmd.rollout_chunks + 1, (1,), generator=g))
 
 
+def swap_step(dmd: DMDConfig, seed: int, step: int) -> bool:
+    """Whether iteration `step` rolls out a garment swap (`dmd.swap_prob`; the same on every rank)."""
+    if dmd.swap_prob <= 0:
+        return False
+    g = torch.Generator().manual_seed(seed * 1_000_033 + step + 17)
+    return bool(torch.rand((), generator=g) < dmd.swap_prob)
+
+
 def generator_step(dmd: DMDConfig, step: int) -> bool:
     """Whether iteration `step` updates the generator: every `gen_update_every`-th step after the critic warm-up."""
     return step >= dmd.critic_warmup and (step - dmd.critic_warmup) % dmd.gen_update_every == 0
@@ -200,10 +221,21 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
             text_u = text_enc([dmd.negative_prompt] * b).to(ctx.device)
         out: dict[str, Any] = {}
         n = rollout_length(dmd, seed, ctx.step)
+        swap = swap_step(dmd, seed, ctx.step)
+        gar_pix = pixels(batch["garment"], ctx.device)
+        if swap:  # the scored chunks wear the next sample's garment, reached through a swap
+            gar_old, gar, gar_pix = gar, gar.roll(1, dims=0), gar_pix.roll(1, dims=0)
+
+        def roll(tr, num, exit_step, **kw):
+            if swap:
+                return swap_rollout(tr, fm, stream, vae, ref, gar_old, gar, text_c, num, exit_step,
+                                    policy=dmd.swap_policy, **kw)
+            return rollout(tr, fm, stream, ref, gar, text_c, num, exit_step, **kw)
+
+        out["swap"] = float(swap)
         if generator_step(dmd, ctx.step):
             exit_step = draw_exit_step(stream, seed, ctx.step)
-            x = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, n, exit_step, grad=True,
-                                  grad_last=dmd.chunks)[-dmd.chunks:], dim=2)
+            x = torch.cat(roll(gen.transformer, n, exit_step, grad=True, grad_last=dmd.chunks)[-dmd.chunks:], dim=2)
             t = sample_t(b, ctx.device)
             x_t = fm.add_noise(x.detach(), torch.randn_like(x), t)
             gar_null = None
@@ -212,6 +244,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
                 if key not in blank:
                     blank[key] = blank_garment(vae, batch, ctx.device)
                 gar_null = blank[key]
+
             def own_text(enc):
                 if enc is None:
                     return text_c, text_u
@@ -241,15 +274,14 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
             else:
                 with torch.no_grad():
                     pix = vae.decode(x.detach().to(next(vae.parameters()).dtype))
-                rewards = chunk_rewards(pix, pixels(batch["garment"], ctx.device), dmd.reward, preset.temporal_factor,
-                                        stream.chunk_frames)
+                rewards = chunk_rewards(pix, gar_pix, dmd.reward, preset.temporal_factor, stream.chunk_frames)
             w = chunk_weights(rewards, stream.chunk_frames, x.shape[2], dmd.tau)
             loss_g = weighted_dmd_loss(x, grad, w)
             if dmd.tf_anchor > 0:
                 with torch.no_grad():
                     vid = vae.encode_video(pixels(batch["video"], ctx.device, next(vae.parameters()).dtype)).float()
-                loss_a = real_clip_loss(gen.transformer, comp, masks, batch, ref, gar, vid, text_c, data, steps,
-                                        dmd.tf_anchor_context_noise_max)
+                loss_a = real_clip_loss(gen.transformer, comp, masks, batch, ref, gar_old if swap else gar, vid,
+                                        text_c, data, steps, dmd.tf_anchor_context_noise_max)
                 out["anchor_loss"] = loss_a.detach()
                 loss_g = loss_g + dmd.tf_anchor * loss_a
             ctx.update("generator", loss_g)
@@ -259,8 +291,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
             fresh = x.detach()
         else:
             with torch.no_grad():
-                fresh = torch.cat(rollout(gen.transformer, fm, stream, ref, gar, text_c, n,
-                                          draw_exit_step(stream, seed, ctx.step))[-dmd.chunks:], dim=2)
+                fresh = torch.cat(roll(gen.transformer, n, draw_exit_step(stream, seed, ctx.step))[-dmd.chunks:], dim=2)
         # critic: flow matching on fresh generator samples, video tokens only
         t = sample_t(b, ctx.device)
         noise = torch.randn_like(fresh)

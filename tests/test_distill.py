@@ -170,6 +170,45 @@ def test_rollout_matches_streaming_session(context_noise):
         assert not torch.allclose(other[:, :, f:], session_latents[:, :, f:], atol=1e-3)
 
 
+@pytest.mark.parametrize("policy", ["anchored", "disentangle"])
+def test_swap_rollout_matches_a_streaming_session_that_swaps(policy):
+    """distill.rollout.swap_rollout: one chunk in garment 1, a swap to garment 2, three chunks after it (the
+    anchored restore runs at the second and third), equal to what StreamingSession generates after the swap."""
+    from distill.rollout import swap_rollout
+
+    engine = StreamingEngine.from_preset("test", seed=3)
+    engine.stream_config.context_noise = 200.0
+    cfg = engine.stream_config
+    rng = np.random.default_rng(1)
+    ref_img, gar_img, gar2_img = (rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3))
+    after = 3
+    s = engine.new_session(policy=policy)
+    s.begin(ref_img, gar_img, "walks forward", seed=7)
+    s.step()
+    s.request_swap(gar2_img)
+    for _ in range(after):
+        s.step()
+    session_latents = torch.cat(s.history_latents(), dim=2)  # the swap withdrew everything before it
+    assert session_latents.shape[2] == after * cfg.chunk_frames
+    assert len(s.restore_frames) == (2 if policy == "anchored" else 0)
+    ref, gar, gar2 = engine.encode_reference(ref_img), engine.encode_garment(gar_img), engine.encode_garment(gar2_img)
+    text = engine.encode_text("walks forward")
+    with torch.no_grad():
+        out = swap_rollout(engine.transformer, engine.fm, cfg, engine.vae, ref, gar, gar2, text, after,
+                           generator=torch.Generator().manual_seed(7), policy=policy)
+    ours = torch.cat(out, dim=2)
+    assert torch.allclose(ours, session_latents, atol=1e-5), (ours - session_latents).abs().max()
+    if policy == "anchored":  # the restore is what separates it from disentangle, from the second chunk on
+        with torch.no_grad():
+            plain = torch.cat(swap_rollout(engine.transformer, engine.fm, cfg, engine.vae, ref, gar, gar2, text, after,
+                                           generator=torch.Generator().manual_seed(7), policy="disentangle"), dim=2)
+        f = cfg.chunk_frames
+        assert torch.allclose(plain[:, :, :f], ours[:, :, :f], atol=1e-5)
+        assert not torch.allclose(plain[:, :, f:], ours[:, :, f:], atol=1e-3)
+    with pytest.raises(ValueError, match="disentangle or anchored"):
+        swap_rollout(engine.transformer, engine.fm, cfg, engine.vae, ref, gar, gar2, text, 1, policy="withdraw")
+
+
 def _rollout_setup():
     """A `test`-preset student and one random (ref, garment, text) condition; `g` continues the seeded stream."""
     comp = build_components(ModelConfig(preset="test"))
@@ -381,6 +420,53 @@ def test_detail_teacher_scores_the_fine_noise_levels(stages, tmp_path):
     no_detail = _dmd_smoke(root, tmp_path / "lo", tmp_path / "d.yaml", pert, detail + "  detail_max_t: 1.0\n")
     assert all(torch.equal(plain[k], all_detail[k]) for k in plain)
     assert all(torch.equal(other[k], no_detail[k]) for k in other)
+
+
+def test_swap_iterations_score_the_chunks_after_a_swap_to_the_next_garment(stages, tmp_path, monkeypatch):
+    """dmd.swap_prob: the drawn iterations roll out a swap (swap_rollout, the stream's anchored policy) from the
+    batch's garment to the next sample's, and both scores judge the chunks after it against that new garment."""
+    from distill.train_dmd import DMDConfig, swap_step
+
+    with pytest.raises(ValueError, match="swap_prob"):
+        DMDConfig(swap_prob=1.5)
+    with pytest.raises(ValueError, match="swap_policy"):
+        DMDConfig(swap_policy="withdraw")
+    share = np.mean([swap_step(DMDConfig(swap_prob=0.3), 0, s) for s in range(400)])
+    assert 0.2 < share < 0.4 and not any(swap_step(DMDConfig(), 0, s) for s in range(50))
+    root, _ = stages
+    swaps, scored = [], []
+    real_swap, real_score = train_dmd.swap_rollout, train_dmd.score_x0
+
+    def spy_swap(tr, fm, stream, vae, ref, gar, new_gar, *a, **kw):
+        swaps.append((gar, new_gar))
+        return real_swap(tr, fm, stream, vae, ref, gar, new_gar, *a, **kw)
+
+    def spy_score(fm, real, fake, ref, gar, *a, **kw):
+        scored.append(gar)
+        return real_score(fm, real, fake, ref, gar, *a, **kw)
+
+    monkeypatch.setattr(train_dmd, "swap_rollout", spy_swap)
+    monkeypatch.setattr(train_dmd, "score_x0", spy_score)
+    smoke = (ROOT / "distill/configs/dmd_smoke.yaml").read_text()
+    cfg = tmp_path / "swap.yaml"
+    cfg.write_text(smoke.replace("dmd:\n", "dmd:\n  swap_prob: 1.0\n").replace(
+        "smoke:\n  max_steps: 6               # steps 0 and 5 update the generator\n  batch_size: 1",
+        "smoke:\n  max_steps: 6\n  batch_size: 2"))
+    res = train_dmd.main(["--config", str(cfg), "--smoke", "--out", str(tmp_path / "swap"), "--init",
+                          str(root / "tf/final"), "--teacher", str(root / "t/final")])
+    assert np.isfinite(res["critic_loss"]) and np.isfinite(res["gen_loss"])
+    assert len(swaps) == 6 and len(scored) == 2  # every iteration swaps; steps 0 and 5 update the generator
+    for old, new in swaps:
+        assert old.shape[0] == 2 and torch.equal(new, old.roll(1, dims=0)) and not torch.equal(new, old)
+    assert torch.equal(scored[0], swaps[0][1]) and torch.equal(scored[1], swaps[5][1])
+    swapped = load_stage(tmp_path / "swap/final").transformer.state_dict()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(cfg.read_text().replace("  swap_prob: 1.0\n", ""))
+    monkeypatch.undo()
+    train_dmd.main(["--config", str(plain), "--smoke", "--out", str(tmp_path / "plain"), "--init",
+                    str(root / "tf/final"), "--teacher", str(root / "t/final")])
+    other = load_stage(tmp_path / "plain/final").transformer.state_dict()
+    assert any(not torch.equal(swapped[k], other[k]) for k in swapped)
 
 
 def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
