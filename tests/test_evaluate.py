@@ -201,3 +201,28 @@ def test_paired_segments_by_segment_and_after_swap():
     p = after_swap_paired(a, b, "identity")
     assert p["n"] == 3 and p["mean"] == pytest.approx(0.1) and p["ci95"] == pytest.approx([0.1, 0.1])
     assert after_swap_paired(a, b, "missing_key")["n"] == 0
+
+
+def test_paired_segments_by_garment_pattern():
+    """--by-pattern: B - A per segment, grouped by the world's pattern of the segment's garment id."""
+    import sys
+    from pathlib import Path
+
+    from fashionchameleon.data import MannequinWorld
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from paired_segments import by_group_paired, garment_pattern
+
+    world = MannequinWorld()
+    ids = list(range(5000, 5040))
+    pats = {i: world.sample_upper_garment(i).pattern for i in ids}
+
+    def res(shift):  # fidelity 0.5, plus `shift` on segments whose garment has dots
+        return {"per_case": [{"case": i, "segments": [{"garment_id": f"upper-{g}",
+                                                       "fidelity": 0.5 + (shift if pats[g] == "dots" else 0.0)}]}
+                             for i, g in enumerate(ids)]}
+
+    out = by_group_paired(res(0.0), res(-0.2), "fidelity", garment_pattern(world))
+    assert set(out) == set(pats.values()) and "dots" in out
+    assert out["dots"]["mean"] == pytest.approx(-0.2) and out["dots"]["n"] == sum(p == "dots" for p in pats.values())
+    assert all(v["mean"] == pytest.approx(0.0) for g, v in out.items() if g != "dots")
