@@ -253,6 +253,12 @@ def test_scores_carry_the_vae_ceiling(tmp_path):
     assert ceiling["examples"] == 2 and 0.75 < ceiling["silhouette"] < 1.0
     assert ceiling["silhouette"] > gen["silhouette"] and ceiling["transfer"] > 0.5
     assert set(res["scores"]["vae_roundtrip_by_prompt"]) == {ex["prompt"] for ex in exs}
+    # each held-out example names its garment's pattern, and the generated scores are also summarised per pattern
+    from fashionchameleon.data import PATTERNS
+
+    assert all(ex["pattern"] in PATTERNS for ex in exs)
+    assert set(res["scores"]["by_pattern"]) == {ex["pattern"] for ex in exs}
+    assert sum(v["examples"] for v in res["scores"]["by_pattern"].values()) == gen["examples"]
 
 
 def test_model_stream_override_reaches_the_stage_folder(tmp_path, teacher_run):
