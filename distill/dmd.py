@@ -39,10 +39,15 @@ def spatial_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
-def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """x, grad `[B,C,F,H,W]`; weights `[B,F]` (sum 1 per sample)."""
+def weighted_dmd_loss(x: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor,
+                      spatial: torch.Tensor | None = None) -> torch.Tensor:
+    """x, grad `[B,C,F,H,W]`; weights `[B,F]` (sum 1 per sample); `spatial` `[B,1,F,H,W]` scales each latent
+    cell's share (its gradient is `spatial * grad * weights`), None = 1 everywhere."""
     target = (x - grad).detach()
-    per_frame = (x.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+    sq = (x.float() - target.float()).pow(2)
+    if spatial is not None:
+        sq = sq * spatial.to(sq.dtype)
+    per_frame = sq.mean(dim=(1, 3, 4))  # [B, F]
     return 0.5 * (weights * per_frame).sum(dim=1).mean()
 
 

@@ -127,3 +127,24 @@ def chunk_rewards(pixels: torch.Tensor, garment: torch.Tensor, cfg: RewardConfig
                   chunk_frames: int) -> torch.Tensor:
     """Decoded clip `[B,3,T,H,W]` -> per-chunk rewards `[B, n_chunks]`."""
     return per_chunk(per_latent(frame_rewards(pixels, garment, cfg), temporal_factor), chunk_frames)
+
+
+@torch.no_grad()
+def garment_weight_map(pixels: torch.Tensor, evaluator, weight: float, temporal_factor: int,
+                       latent_hw: tuple[int, int]) -> torch.Tensor:
+    """Decoded clip `[B,3,T,H,W]` in [-1,1] -> `[B,1,f,h,w]`: 1 + (weight - 1) * the share of each latent cell that
+    the evaluation model segments as upper garment (pixel frames grouped per latent frame as `per_latent` does)."""
+    import numpy as np
+
+    from fashionchameleon.data import LABELS
+
+    upper = LABELS.index("upper")
+    frames = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    m = torch.from_numpy(np.stack([evaluator.masks(v) == upper for v in frames])).float()  # [B, T, H, W]
+    b, t = m.shape[:2]
+    m = F.adaptive_avg_pool2d(m, latent_hw)
+    first, rest = m[:, :1], m[:, 1:]
+    if rest.shape[1] % temporal_factor:
+        raise ValueError(f"{t} frames is not 1 + {temporal_factor}*k")
+    rest = rest.reshape(b, -1, temporal_factor, *latent_hw).mean(2)
+    return (1.0 + (weight - 1.0) * torch.cat([first, rest], dim=1))[:, None].to(pixels.device)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from distill.dmd import dmd_gradient, real_x0, score_x0, spatial_lowpass, weighted_dmd_loss
-from distill.reward import RewardConfig, chunk_rewards, chunk_weights
+from distill.reward import RewardConfig, chunk_rewards, chunk_weights, garment_weight_map
 from distill.rollout import draw_exit_step, rollout, swap_rollout
 from distill.train_tf import TFMask, real_clip_loss
 from fashionchameleon.model import CausalWanTransformer3DModel
@@ -87,6 +87,10 @@ class DMDConfig:
     # new garment]. Session 22: the students lose garment pattern after a swap, not before it.
     swap_prob: float = 0.0
     swap_policy: str = "anchored"
+    # > 1: the DMD loss of the latent cells the evaluation model segments as upper garment (on the decoded chunks)
+    # is multiplied by this, so the garment's share of the teacher's signal is not set by how much of the frame the
+    # body covers (session 22: the students lose dots and checks while the body gains)
+    garment_weight: float = 1.0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self):
@@ -104,6 +108,8 @@ class DMDConfig:
 
         if parse_policy(self.swap_policy)[0] not in ("disentangle", "anchored"):
             raise ValueError(f"dmd.swap_policy must be disentangle or anchored (with options), got {self.swap_policy!r}")
+        if not (math.isfinite(self.garment_weight) and self.garment_weight > 0):
+            raise ValueError(f"dmd.garment_weight must be finite and > 0, got {self.garment_weight}")
         for name in ("tf_anchor", "tf_anchor_context_noise_max", "grad_lowpass", "detail_max_t"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -211,6 +217,7 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
         return fm.sample_train_timesteps((b,), device=device).clamp(dmd.min_t, dmd.max_t)
 
     blank: dict[tuple, torch.Tensor] = {}  # blank-garment latents per batch shape: constant, encoded once
+    evaluator = []  # the evaluation model for `dmd.garment_weight`, loaded at first use
 
     def step_fn(ctx: StepContext, batch: dict) -> dict[str, Any]:
         gen, critic, real = routed(ctx, "generator"), routed(ctx, "critic"), ctx.models["teacher"]
@@ -269,14 +276,25 @@ def make_step_fn(comp, dmd: DMDConfig, seed: int, data: DataConfig | None = None
                     x0_fake = fm.x0_from_flow(x_t, incontext_flow(critic.transformer, ref, gar, x_t, t, text_c), t)
                 out["detail_share"] = low.float().mean()
             grad = spatial_lowpass(dmd_gradient(x, x0_real, x0_fake), dmd.grad_lowpass)
+            pix = None
+            if dmd.garment_weight != 1.0 or not (math.isinf(dmd.tau) or dmd.reward.kind == "none"):
+                with torch.no_grad():
+                    pix = vae.decode(x.detach().to(next(vae.parameters()).dtype))
             if math.isinf(dmd.tau) or dmd.reward.kind == "none":
                 rewards = torch.zeros(b, dmd.chunks, device=ctx.device)
             else:
-                with torch.no_grad():
-                    pix = vae.decode(x.detach().to(next(vae.parameters()).dtype))
                 rewards = chunk_rewards(pix, gar_pix, dmd.reward, preset.temporal_factor, stream.chunk_frames)
             w = chunk_weights(rewards, stream.chunk_frames, x.shape[2], dmd.tau)
-            loss_g = weighted_dmd_loss(x, grad, w)
+            spatial = None
+            if dmd.garment_weight != 1.0:
+                if not evaluator:
+                    from fashionchameleon.evaluate import Evaluator
+
+                    evaluator.append(Evaluator())
+                spatial = garment_weight_map(pix, evaluator[0], dmd.garment_weight, preset.temporal_factor,
+                                             tuple(x.shape[-2:]))
+                out["garment_share"] = ((spatial - 1) / (dmd.garment_weight - 1)).mean()
+            loss_g = weighted_dmd_loss(x, grad, w, spatial)
             if dmd.tf_anchor > 0:
                 with torch.no_grad():
                     vid = vae.encode_video(pixels(batch["video"], ctx.device, next(vae.parameters()).dtype)).float()

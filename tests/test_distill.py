@@ -122,6 +122,40 @@ def test_tau_inf_equals_vanilla_dmd():
     assert not torch.allclose(g_rw, gv)
 
 
+def test_garment_weight_scales_the_dmd_gradient_on_the_segmented_garment():
+    """dmd.garment_weight: the loss's gradient is spatial * grad * A, and the spatial map is 1 + (w - 1) * the
+    evaluation model's upper-garment share per latent cell (here on a real world clip: it sits on the GT garment)."""
+    from distill.reward import garment_weight_map
+    from fashionchameleon.data import WorldDataset
+    from fashionchameleon.evaluate import Evaluator
+
+    g = torch.Generator().manual_seed(0)
+    b, z, f, h, w = 2, 4, 6, 4, 4
+    x = torch.randn(b, z, f, h, w, generator=g, requires_grad=True)
+    grad = torch.randn(b, z, f, h, w, generator=g)
+    a = chunk_weights(torch.rand(b, 2, generator=g), 3, f, 0.2)
+    spatial = 1 + 2 * torch.rand(b, 1, f, h, w, generator=g)
+    (gx,) = torch.autograd.grad(weighted_dmd_loss(x, grad, a, spatial), x)
+    assert torch.allclose(gx, spatial * grad * a[:, None, :, None, None] / (b * z * h * w), atol=1e-6)
+    (g1,) = torch.autograd.grad(weighted_dmd_loss(x, grad, a, torch.ones(b, 1, f, h, w)), x)
+    (g0,) = torch.autograd.grad(weighted_dmd_loss(x, grad, a), x)
+    assert torch.equal(g1, g0)
+    # the map on a real clip (21 frames = 6 latent frames of 4 pixel frames after the first)
+    ds = WorldDataset(split="test", size=(160, 128), frames=21, length=2, seed=3, garment_masks=True)
+    ex = [ds[i] for i in range(2)]
+    pix = torch.stack([e["video"] for e in ex])  # [B, 3, T, H, W] in [-1, 1]
+    m = garment_weight_map(pix, Evaluator(), 3.0, 4, (20, 16))
+    assert m.shape == (2, 1, 6, 20, 16) and m.min() >= 1.0 and m.max() <= 3.0
+    gt = torch.stack([e["garment_mask"] for e in ex]).float()  # [B, T, H, W]
+    gt = F.adaptive_avg_pool2d(gt, (20, 16))[:, 0]  # the first frame (its own latent frame)
+    share = (m[:, 0, 0] - 1) / 2
+    assert (share * gt).sum() / gt.sum() > 0.6 and (share * (1 - gt)).sum() / (1 - gt).sum() < 0.1
+    from distill.train_dmd import DMDConfig
+
+    with pytest.raises(ValueError, match="garment_weight"):
+        DMDConfig(garment_weight=0.0)
+
+
 def test_softmax_weights_favour_low_reward_chunks():
     r = torch.tensor([[0.9, 0.1, 0.5]])
     w = chunk_weights(r, chunk_frames=2, frames=6, tau=0.2)
@@ -467,6 +501,17 @@ def test_swap_iterations_score_the_chunks_after_a_swap_to_the_next_garment(stage
                     str(root / "tf/final"), "--teacher", str(root / "t/final")])
     other = load_stage(tmp_path / "plain/final").transformer.state_dict()
     assert any(not torch.equal(swapped[k], other[k]) for k in swapped)
+
+
+def test_garment_weight_smoke_run_logs_the_garment_share(stages, tmp_path):
+    root, _ = stages
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text((ROOT / "distill/configs/dmd_smoke.yaml").read_text().replace("dmd:\n", "dmd:\n  garment_weight: 3.0\n"))
+    res = train_dmd.main(["--config", str(cfg), "--smoke", "--out", str(tmp_path / "gw"), "--init",
+                          str(root / "tf/final"), "--teacher", str(root / "t/final")])
+    assert np.isfinite(res["gen_loss"])
+    header = (tmp_path / "gw/log.csv").read_text().splitlines()[0].split(",")
+    assert "garment_share" in header
 
 
 def test_tf_anchor_adds_the_real_clip_teacher_forcing_loss(stages, tmp_path):
