@@ -75,21 +75,21 @@ class DMDConfig:
     # did not stop the long-stream drift)
     grad_lowpass: float = 0.0
     # a second frozen teacher for the fine noise levels: at t <= detail_max_t the real score is this teacher's
-    # (same CFG and garment guidance), above it `teacher`'s. Noise levels split a sample's layout (high t) from
-    # its texture (low t), so one teacher can give the body and another the garment's pattern (session 22:
-    # the session-20 teacher gave the student body and cost it pattern, run 5's kept the pattern).
+    # (same CFG and garment guidance), above it `teacher`'s, so one teacher can give the body and another the
+    # garment's pattern. Session 22 (session-20 teacher above, run 5's below): both are decided between t = 500
+    # and 750, so the split point trades one for the other.
     detail_teacher: str | None = None
     detail_max_t: float = 0.0
     # > 0: this share of iterations (seeded by the step, the same on every rank) roll out a garment swap as the
     # stream does it (`distill.rollout.swap_rollout` with `swap_policy`): one chunk in the batch's garment, then the
     # next sample's garment (the batch rolled by one; with batch 1 the same garment) with the last decoded frame
     # re-encoded as the reference. Both scores judge the chunks after the swap against [the original reference, the
-    # new garment]. Session 22: the students lose garment pattern after a swap, not before it.
+    # new garment]. Session 22: no gain (the after-swap pattern loss it targeted was the case mix).
     swap_prob: float = 0.0
     swap_policy: str = "anchored"
     # > 1: the DMD loss of the latent cells the evaluation model segments as upper garment (on the decoded chunks)
     # is multiplied by this, so the garment's share of the teacher's signal is not set by how much of the frame the
-    # body covers (session 22: the students lose dots and checks while the body gains)
+    # body covers (session 22: 3 did not change the students' loss of dots and checks)
     garment_weight: float = 1.0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
