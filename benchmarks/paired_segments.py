@@ -32,6 +32,14 @@ def by_segment(res: dict, key: str) -> list[float]:
     return [_mean([c["segments"][j].get(key) for c in cases if len(c["segments"]) > j]) for j in range(n)]
 
 
+def _boot(d: np.ndarray, samples: int, seed: int) -> dict:
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return {"n": 0, "mean": None, "ci95": None}
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (samples, len(d)))].mean(axis=1)
+    return {"n": int(len(d)), "mean": float(d.mean()), "ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])]}
+
+
 def after_swap_paired(a: dict, b: dict, key: str, samples: int = 2000, seed: int = 0) -> dict:
     """Per case, the mean of `key` over its segments after the first; then B - A over the shared cases."""
     def per_case(res):
@@ -39,20 +47,7 @@ def after_swap_paired(a: dict, b: dict, key: str, samples: int = 2000, seed: int
                 if len(c["segments"]) > 1}
 
     va, vb = per_case(a), per_case(b)
-    d = np.array([vb[i] - va[i] for i in sorted(set(va) & set(vb))])
-    d = d[~np.isnan(d)]
-    if not len(d):
-        return {"n": 0, "mean": None, "ci95": None}
-    boot = d[np.random.default_rng(seed).integers(0, len(d), (samples, len(d)))].mean(axis=1)
-    return {"n": int(len(d)), "mean": float(d.mean()), "ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])]}
-
-
-def _boot(d: np.ndarray, samples: int, seed: int) -> dict:
-    d = d[~np.isnan(d)]
-    if not len(d):
-        return {"n": 0, "mean": None, "ci95": None}
-    boot = d[np.random.default_rng(seed).integers(0, len(d), (samples, len(d)))].mean(axis=1)
-    return {"n": int(len(d)), "mean": float(d.mean()), "ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])]}
+    return _boot(np.array([vb[i] - va[i] for i in sorted(set(va) & set(vb))], dtype=float), samples, seed)
 
 
 def by_group_paired(a: dict, b: dict, key: str, group, samples: int = 2000, seed: int = 0) -> dict[str, dict]:

@@ -15,6 +15,7 @@ import torch
 
 from fashionchameleon.cache import CacheLayout
 from fashionchameleon.configs import StreamConfig
+from fashionchameleon.reschedule import Anchored, make_policy
 from fashionchameleon.sampling import FlowMatching
 
 
@@ -82,8 +83,6 @@ def swap_rollout(transformer, fm: FlowMatching, stream: StreamConfig, vae, ref: 
     swap. The pre-swap chunks are generated without gradients and decoded with the stream decoder; the swap
     re-encodes the last decoded frame as the reference, withdraws the history (sink included, positions restart:
     a fresh cache) and, for `anchored`, moves the reference slot back to `ref` over the following chunks."""
-    from fashionchameleon.reschedule import Anchored, make_policy
-
     pol = make_policy(policy)
     opts = pol.options
     if pol.name not in ("disentangle", "anchored"):
@@ -105,10 +104,9 @@ def swap_rollout(transformer, fm: FlowMatching, stream: StreamConfig, vae, ref: 
     reprefill = {}
     if isinstance(pol, Anchored):
         for j in range(1, num_chunks):
-            k = j - opts.restore_after + 1  # Anchored._step at chunks_since_swap = j
-            if 1 <= k <= opts.restore_chunks:
-                a = k / opts.restore_chunks
-                reprefill[j] = ref if a == 1 else torch.lerp(new_ref, ref, a)
+            r = pol.restore_reference(new_ref, ref, j)
+            if r is not None:
+                reprefill[j] = r
     return rollout(transformer, fm, stream, new_ref, new_gar, text, num_chunks, exit_step, grad, generator, grad_last,
                    reprefill)
 

@@ -31,6 +31,7 @@ from distill.reward import RewardConfig, chunk_rewards, chunk_weights, garment_w
 from distill.rollout import draw_exit_step, rollout, swap_rollout
 from distill.train_tf import TFMask, real_clip_loss
 from fashionchameleon.model import CausalWanTransformer3DModel
+from fashionchameleon.reschedule import parse_policy
 from fashionchameleon.stream import PRESET_FILE
 from fashionchameleon.trainer import StepContext, TrainConfig, Trainer, dataclass_from_dict, load_yaml_config
 from teacher.common import (DataConfig, ModelConfig, Triplets, apply_overrides, build_components, build_dataset,
@@ -104,8 +105,6 @@ class DMDConfig:
             raise ValueError("dmd.detail_teacher needs dmd.detail_max_t > 0 (the noise level below which it scores)")
         if not 0.0 <= self.swap_prob <= 1.0:
             raise ValueError(f"dmd.swap_prob must be in [0, 1], got {self.swap_prob}")
-        from fashionchameleon.reschedule import parse_policy
-
         if parse_policy(self.swap_policy)[0] not in ("disentangle", "anchored"):
             raise ValueError(f"dmd.swap_policy must be disentangle or anchored (with options), got {self.swap_policy!r}")
         if not (math.isfinite(self.garment_weight) and self.garment_weight > 0):

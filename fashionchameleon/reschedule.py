@@ -126,9 +126,18 @@ class Anchored(Disentangle):
     def due(self, session, chunks_since_swap):
         return session.swap_generation > 0 and 1 <= self._step(chunks_since_swap) <= self.options.restore_chunks
 
+    def restore_reference(self, swap_ref: torch.Tensor, reference: torch.Tensor,
+                          chunks_since_swap: int) -> torch.Tensor | None:
+        """What the reference slot holds `chunks_since_swap` chunks after a swap, or None where it is unchanged
+        (also used by the DMD swap rollouts, `distill.rollout.swap_rollout`)."""
+        k = self._step(chunks_since_swap)
+        if not 1 <= k <= self.options.restore_chunks:
+            return None
+        a = k / self.options.restore_chunks
+        return reference if a == 1 else torch.lerp(swap_ref, reference, a)
+
     def on_chunk(self, session, chunks_since_swap):
-        a = self._step(chunks_since_swap) / self.options.restore_chunks
-        ref = session.reference_latent if a == 1 else torch.lerp(self._swap_ref, session.reference_latent, a)
+        ref = self.restore_reference(self._swap_ref, session.reference_latent, chunks_since_swap)
         session.prefill(ref, session.cond_latents[1])
 
 
